@@ -1,0 +1,360 @@
+"""``ckpt-convert``: convert, plan, inspect rules, and a demo, on one machine.
+
+Exit codes: 0 success, 1 the conversion was refused or failed (the message says why), 2 bad arguments,
+130 interrupted. Nothing is left half-written in any case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from . import __version__
+from .errors import ConversionError
+from .plan import DEFAULT_MAX_SHARD_SIZE, Plan, plan
+from .rules import get_entry, model_types, rules_for
+from .rules.core import Convert
+
+out = Console()
+err = Console(stderr=True)
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
+        n /= 1000
+    return f"{n:.2f} TB"
+
+
+# --- convert / plan --------------------------------------------------------------------------------------------
+
+
+def _progress_bar(quiet: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=quiet or not err.is_terminal,
+        transient=False,
+    )
+
+
+def _print_plan_summary(p: Plan, title: str) -> None:
+    s = p.summary()
+    t = Table(title=title, show_header=False, box=None, pad_edge=False)
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("source", s["source"])
+    t.add_row("model_type", f"{p.model_type} ({p.direction})" + (f", cast to {p.dtype}" if p.dtype else ""))
+    c = s["counts"]
+    parts = [f"{c[k]} {k}" for k in ("convert", "rename", "copy", "cast") if c.get(k)]
+    t.add_row("tensors", f"{s['tensors_in']} in -> {s['tensors_out']} out ({', '.join(parts)})")
+    t.add_row(
+        "bytes",
+        f"{human_bytes(s['bytes_in'])} in -> {human_bytes(s['bytes_out'])} out"
+        + (
+            f" ({human_bytes(s['bytes_computed'])} computed, rest copied)"
+            if s["bytes_computed"]
+            else " (all byte copies)"
+        ),
+    )
+    t.add_row(
+        "shards", f"{s['source_shards']} in -> {s['output_shards']} out (max {human_bytes(p.max_shard_size)})"
+    )
+    out.print(t)
+
+
+def cmd_convert(a: argparse.Namespace) -> int:
+    from .execute import execute
+    from .storage import LocalSink, LocalSource, open_source
+
+    direction = "reverse" if a.reverse else "forward"
+    src = open_source(a.source)
+    p = plan(
+        src, model_type=a.model_type, direction=direction, dtype=a.dtype, max_shard_size=a.max_shard_size
+    )
+    if a.dry_run:
+        if a.json:
+            out.print_json(json.dumps(p.to_dict(pieces=False)))
+        else:
+            _print_plan_summary(p, "dry run: nothing written")
+        return 0
+    if p.is_noop and not a.force:
+        out.print(
+            f"[green]{a.source} is already in the {direction} target layout; nothing to convert.[/] "
+            "(--force copies it anyway)"
+        )
+        return 0
+    sink = LocalSink(
+        a.output, overwrite=a.overwrite, source_root=src.root if isinstance(src, LocalSource) else None
+    )
+    with _progress_bar(a.quiet or a.json) as bar:
+        task = bar.add_task("converting", total=p.total_bytes)
+
+        def on_progress(ev: Any) -> None:
+            bar.update(task, completed=ev.bytes_done, description=ev.phase)
+
+        result = execute(p, src, sink, progress=on_progress)
+    if a.verify:
+        from .verify import verify
+
+        rep = verify(p, src, result.output)
+        verified = f"verified {rep.tensors} tensors, {human_bytes(rep.bytes_compared)} compared byte for byte"
+    else:
+        verified = ""
+    if a.json:
+        out.print_json(json.dumps({**result.summary(), "verified": bool(a.verify)}))
+        return 0
+    _print_plan_summary(p, "converted")
+    t = Table(show_header=False, box=None, pad_edge=False)
+    t.add_column(style="bold")
+    t.add_column()
+    t.add_row("output", result.output)
+    t.add_row(
+        "written",
+        f"{len(result.shards)} shard(s), {human_bytes(result.bytes_written)} in {result.seconds:.2f} s "
+        f"({human_bytes(result.bytes_written / max(result.seconds, 1e-9))}/s)",
+    )
+    if result.copied_files:
+        t.add_row("copied", ", ".join(result.copied_files))
+    if result.skipped_files:
+        t.add_row("skipped", ", ".join(result.skipped_files) + " (other weight formats / folders)")
+    if verified:
+        t.add_row("verify", verified)
+    out.print(t)
+    return 0
+
+
+def cmd_plan(a: argparse.Namespace) -> int:
+    p = plan(
+        a.source,
+        model_type=a.model_type,
+        direction="reverse" if a.reverse else "forward",
+        dtype=a.dtype,
+        max_shard_size=a.max_shard_size,
+    )
+    if a.json:
+        out.print_json(json.dumps(p.to_dict(pieces=a.pieces)))
+        return 0
+    _print_plan_summary(p, "plan (from headers only)")
+    if p.is_noop:
+        out.print("[green]already in the target layout: nothing to convert[/]")
+        return 0
+    changed = [t for t in p.tensors if t.how != "copy"]
+    t = Table(title=f"{len(changed)} tensor(s) change", show_lines=False)
+    for col in ("output", "dtype", "shape", "how", "from"):
+        t.add_column(col)
+    shown = changed if a.all else changed[:25]
+    for x in shown:
+        src = x.sources[0] if len(x.sources) == 1 else f"{len(x.sources)} tensors: {x.sources[0]}, ..."
+        t.add_row(x.name, x.dtype, str(list(x.shape)), x.how, src)
+    out.print(t)
+    if len(shown) < len(changed):
+        out.print(f"... and {len(changed) - len(shown)} more (--all shows every one, --json everything)")
+    return 0
+
+
+# --- rules ------------------------------------------------------------------------------------------------------
+
+
+def cmd_rules(a: argparse.Namespace) -> int:
+    direction = "reverse" if a.reverse else "forward"
+    if a.model_type is None:
+        rows = [get_entry(m).summary() for m in model_types()]
+        if a.json:
+            out.print_json(json.dumps(rows))
+            return 0
+        t = Table(title=f"{len(rows)} model types")
+        for col in ("model_type", "family", "alias of", "merges tensors", "ops", "supported"):
+            t.add_column(col)
+        for r in rows:
+            t.add_row(
+                r["model_type"],
+                r["family"],
+                r["alias_of"] or "",
+                "yes" if r["requires_tensor_merging"] else "no",
+                ", ".join(r["ops"]),
+                "yes" if r["supported"] else f"no: {r['unsupported_reason']}",
+            )
+        out.print(t)
+        return 0
+    rs = rules_for(a.model_type, direction=direction)
+    if a.json:
+        out.print_json(json.dumps({**get_entry(a.model_type).summary(), **rs.to_dict()}))
+        return 0
+    t = Table(title=f"{a.model_type} ({direction}): applied in this order")
+    for col in ("#", "kind", "from", "to", "ops"):
+        t.add_column(col)
+    for i, r in enumerate(rs.rules, 1):
+        d = r.to_dict()
+        if isinstance(r, Convert):
+            t.add_row(
+                str(i),
+                "convert",
+                "\n".join(r.sources),
+                "\n".join(r.targets),
+                ", then ".join(op.describe() for op in r.ops),
+            )
+        elif d["kind"] == "rename":
+            cond = f" (unless {', '.join(d['unless'])})" if d.get("unless") else ""
+            when = f" when {d['when']}" if d.get("when") else ""
+            t.add_row(str(i), "rename", d["source"], d["target"], (cond + when).strip())
+        else:
+            t.add_row(str(i), d["kind"], d["pattern"], d["replacement"], "")
+    out.print(t)
+    if rs.keep_fp32:
+        out.print(f"kept in float32 under --dtype bf16/fp16: {', '.join(rs.keep_fp32)}")
+    return 0
+
+
+# --- demo ---------------------------------------------------------------------------------------------------------
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from .demo import MixtralShape, write_mixtral_checkpoint
+    from .execute import convert
+    from .storage import LocalSource
+    from .verify import verify
+
+    work = Path(a.workdir or tempfile.mkdtemp(prefix="ckpt-convert-demo-"))
+    shape = MixtralShape(layers=4, experts=8, hidden=256, intermediate=512, vocab=1024)
+    published = write_mixtral_checkpoint(work / "published", shape, max_shard_bytes=8_000_000)
+    out.print(f"wrote a Mixtral-shaped checkpoint (published layout) to {published}")
+    with _progress_bar(False) as bar:
+        task = bar.add_task("converting", total=None)
+        result = convert(
+            published,
+            work / "grouped",
+            overwrite=True,
+            progress=lambda ev: bar.update(task, total=ev.bytes_total, completed=ev.bytes_done),
+        )
+    _print_plan_summary(result.plan, "demo: published -> transformers v5 layout")
+    out.print(
+        f"output: {result.output} ({len(result.shards)} shards, {human_bytes(result.bytes_written)}, "
+        f"{result.seconds:.2f} s)"
+    )
+    rep = verify(result.plan, LocalSource(published), result.output)
+    out.print(f"verified: {rep.tensors} tensors equal their plan byte for byte")
+    t0 = time.monotonic()
+    back = convert(result.output, work / "roundtrip", direction="reverse", overwrite=True)
+    same = _same_tensors(published, Path(back.output))
+    out.print(
+        f"reverse: {back.output} in {time.monotonic() - t0:.2f} s; round trip "
+        + ("[green]identical to the original, bit for bit[/]" if same else "[red]DIFFERS[/]")
+    )
+    return 0 if same else 1
+
+
+def _same_tensors(a: Path, b: Path) -> bool:
+    from .safetensors_io import read_local_checkpoint
+    from .storage import LocalReader
+
+    ia, ib = read_local_checkpoint(a), read_local_checkpoint(b)
+    if set(ia.tensors) != set(ib.tensors):
+        return False
+    ra, rb = LocalReader(a), LocalReader(b)
+    try:
+        for name, x in ia.tensors.items():
+            y = ib.tensors[name]
+            if (x.dtype, x.shape) != (y.dtype, y.shape):
+                return False
+            if ra.read(x.file, x.offset, x.length) != rb.read(y.file, y.offset, y.length):
+                return False
+    finally:
+        ra.close()
+        rb.close()
+    return True
+
+
+# --- entry point ---------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(
+        prog="ckpt-convert",
+        description="Convert model checkpoints between the published (Hub) layout and the transformers v5 layout.",
+    )
+    ap.add_argument("--version", action="version", version=f"ckpt-convert {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model-type", help="model_type of the rules (default: SOURCE/config.json's)")
+        p.add_argument("--reverse", action="store_true", help="model layout -> published layout")
+        p.add_argument(
+            "--dtype", choices=["bf16", "fp16", "fp32"], help="cast floats, keeping transformers' fp32 params"
+        )
+        p.add_argument(
+            "--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE, help="e.g. 5GB (default), 500MB, 2GiB"
+        )
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+
+    c = sub.add_parser("convert", help="convert a checkpoint folder")
+    c.add_argument("source")
+    c.add_argument("output")
+    common(c)
+    c.add_argument("--dry-run", action="store_true", help="plan and print the summary; write nothing")
+    c.add_argument("--overwrite", action="store_true", help="replace OUTPUT (atomically) if it exists")
+    c.add_argument("--force", action="store_true", help="write OUTPUT even when there is nothing to convert")
+    c.add_argument(
+        "--verify", action="store_true", help="re-read the output and compare every byte with the plan"
+    )
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    c.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("plan", help="show what a conversion would do, from the headers alone")
+    p.add_argument("source")
+    common(p)
+    p.add_argument("--all", action="store_true", help="list every changed tensor")
+    p.add_argument("--pieces", action="store_true", help="with --json: include every byte range")
+    p.set_defaults(func=cmd_plan)
+
+    r = sub.add_parser("rules", help="list model types, or show one model type's rules")
+    r.add_argument("model_type", nargs="?")
+    r.add_argument("--reverse", action="store_true")
+    r.add_argument("--json", action="store_true")
+    r.set_defaults(func=cmd_rules)
+
+    d = sub.add_parser("demo", help="make a small Mixtral-shaped checkpoint, convert it and back, and verify")
+    d.add_argument("--workdir", help="where to write (default: a new temporary folder)")
+    d.set_defaults(func=cmd_demo)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConversionError as e:
+        err.print(f"[red]error[/] [bold]{type(e).__name__}[/]: {e.message}", highlight=False)
+        return 1
+    except ValueError as e:
+        err.print(f"[red]error[/]: {e}", highlight=False)
+        return 2
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted; nothing was published[/]")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,113 @@
+"""Typed errors. Every error names the file and/or tensor it is about, and is raised before any byte is written.
+
+Callers catch precisely (``except MissingExpertError``) or broadly (``except ConversionError``). The service maps
+each class to one HTTP status via ``ConversionError.http_status``.
+"""
+
+from __future__ import annotations
+
+
+class ConversionError(Exception):
+    """Base class of every error this library raises on purpose."""
+
+    http_status = 422
+
+    def __init__(self, message: str, *, key: str | None = None, file: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.key = key
+        self.file = file
+
+    def to_dict(self) -> dict[str, str | None]:
+        return {"type": type(self).__name__, "message": self.message, "key": self.key, "file": self.file}
+
+
+# --- the checkpoint itself ---------------------------------------------------------------------------------------
+
+
+class CheckpointError(ConversionError):
+    """The source is not a usable checkpoint (no safetensors, unreadable config...)."""
+
+
+class HeaderError(CheckpointError):
+    """A safetensors header is malformed or disagrees with its file (length, JSON, dtype, shape, offsets)."""
+
+
+class CheckpointIndexError(CheckpointError):
+    """``model.safetensors.index.json`` is malformed, names a missing shard, or disagrees with the shards."""
+
+
+class UnsafePathError(CheckpointError):
+    """A file name would read or write outside the checkpoint / output folder."""
+
+    http_status = 403
+
+
+class DuplicateTensorError(CheckpointError):
+    """The same tensor name appears in two shards."""
+
+
+# --- the rules applied to the checkpoint ------------------------------------------------------------------------
+
+
+class UnknownModelTypeError(ConversionError):
+    """No rules are registered for this model_type."""
+
+    http_status = 404
+
+    def __init__(self, model_type: str, suggestions: list[str] | None = None) -> None:
+        self.model_type = model_type
+        self.suggestions = suggestions or []
+        hint = f" Did you mean: {', '.join(self.suggestions)}?" if self.suggestions else ""
+        super().__init__(f"no conversion rules for model_type {model_type!r}.{hint}", key=model_type)
+
+
+class UnsupportedError(ConversionError):
+    """The checkpoint needs something we refuse to do rather than do wrong (an op we cannot run, ...)."""
+
+
+class PlanError(ConversionError):
+    """Base class of errors found while planning a conversion."""
+
+
+class MissingExpertError(PlanError):
+    """An expert index is missing (a gap in 0..E-1) or one projection has fewer experts than another."""
+
+
+class DuplicateExpertError(PlanError):
+    """Two source tensors claim the same expert index of the same merged tensor."""
+
+
+class ExpertMismatchError(PlanError):
+    """Tensors merged into one disagree in shape or dtype."""
+
+
+class MissingSourceError(PlanError):
+    """A merge needs several projections (e.g. gate and up) and one of them is absent."""
+
+
+class TargetCollisionError(PlanError):
+    """Two source tensors map to the same output name."""
+
+
+class ShapeError(PlanError):
+    """An op cannot be applied to the shapes it receives (e.g. chunking an odd dimension in two)."""
+
+
+# --- the output -------------------------------------------------------------------------------------------------
+
+
+class OutputExistsError(ConversionError):
+    """The output folder exists and is not empty; pass ``overwrite=True`` to replace it atomically."""
+
+    http_status = 409
+
+
+class CancelledError(ConversionError):
+    """The conversion was cancelled by its caller; nothing was published."""
+
+    http_status = 409
+
+
+class VerificationError(ConversionError):
+    """A written checkpoint does not match its plan (a tensor missing, or different bytes)."""

@@ -1,0 +1,401 @@
+"""The planner: rules + a checkpoint's safetensors headers -> every output tensor and where its bytes come from.
+
+Only headers (8 bytes + a few KB of JSON per shard), the index and ``config.json`` are read; no tensor data. Every
+problem that would make the output wrong is found here, before any byte is written.
+
+>>> p = plan("Mixtral-8x7B/")                                        # doctest: +SKIP
+>>> p.tensors[0].name, p.tensors[0].dtype, p.tensors[0].shape          # doctest: +SKIP
+('lm_head.weight', 'BF16', (32000, 4096))
+>>> p.is_noop                                                          # doctest: +SKIP
+False
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import (
+    CheckpointError,
+    DuplicateExpertError,
+    MissingExpertError,
+    MissingSourceError,
+    ShapeError,
+    TargetCollisionError,
+    UnsupportedError,
+)
+from .layout import Piece, VirtualTensor, from_file
+from .rules import REGISTRY, get_entry, rules_for
+from .rules.core import Convert, RuleSet, fill_stars, keep_fp32_matches, template_body
+from .rules.ops import OpContext, Slot, cast
+from .safetensors_io import DTYPE_ALIASES, FLOAT_DTYPES, CheckpointIndex, TensorInfo, parse_size, shard_name
+from .storage import Source, open_source
+
+DEFAULT_MAX_SHARD_SIZE = "5GB"
+_DIGITS = re.compile(r"(\d+)")
+
+
+def natural_key(name: str) -> tuple[Any, ...]:
+    """Sort key where ``experts.2`` < ``experts.10`` (transformers' ``dot_natural_key`` order)."""
+    return tuple(int(p) if p.isdigit() else p for p in _DIGITS.split(name))
+
+
+@dataclass
+class PlannedTensor:
+    """One output tensor: its name, dtype, shape and the byte pieces (file ranges or computed) that form it."""
+
+    name: str
+    tensor: VirtualTensor
+    #: how it was made: "copy" (unchanged), "rename", "convert" (merged/split by a Convert rule), "+cast"
+    how: str
+    rule: int | None = None  # index of the Convert in the RuleSet, if any
+
+    @property
+    def dtype(self) -> str:
+        return self.tensor.dtype
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.tensor.shape
+
+    @property
+    def nbytes(self) -> int:
+        return self.tensor.nbytes
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return self.tensor.origins
+
+    @property
+    def is_copy(self) -> bool:
+        return self.tensor.is_copy
+
+    def to_dict(self, *, pieces: bool = True) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "name": self.name,
+            "dtype": self.dtype,
+            "shape": list(self.shape),
+            "nbytes": self.nbytes,
+            "how": self.how,
+            "sources": list(self.sources),
+        }
+        if pieces:
+            d["pieces"] = [p.to_dict() for p in self.tensor.pieces]
+        return d
+
+
+@dataclass
+class PlannedShard:
+    file: str
+    tensors: list[PlannedTensor]
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+
+@dataclass
+class Plan:
+    source: str
+    model_type: str
+    direction: str
+    dtype: str | None
+    ruleset: RuleSet
+    tensors: list[PlannedTensor]
+    shards: list[PlannedShard]
+    source_index: CheckpointIndex
+    config: dict[str, Any] | None = None
+    max_shard_size: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def is_noop(self) -> bool:
+        """True when the checkpoint is already in the target layout: every tensor kept, same name, same bytes."""
+        return all(t.how == "copy" for t in self.tensors)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    @property
+    def computed_bytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors if not t.is_copy)
+
+    def counts(self) -> dict[str, int]:
+        c: dict[str, int] = defaultdict(int)
+        for t in self.tensors:
+            c[t.how.split("+")[0]] += 1
+            if "+cast" in t.how:
+                c["cast"] += 1
+        return dict(c)
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "model_type": self.model_type,
+            "direction": self.direction,
+            "dtype": self.dtype,
+            "noop": self.is_noop,
+            "tensors_in": len(self.source_index.tensors),
+            "tensors_out": len(self.tensors),
+            "source_shards": len(self.source_index.shards),
+            "output_shards": len(self.shards),
+            "bytes_in": self.source_index.total_size,
+            "bytes_out": self.total_bytes,
+            "bytes_computed": self.computed_bytes,
+            "counts": self.counts(),
+            "warnings": list(self.warnings),
+        }
+
+    def to_dict(self, *, pieces: bool = True) -> dict[str, Any]:
+        return {
+            **self.summary(),
+            "rules": self.ruleset.to_dict()["rules"],
+            "shards": [
+                {"file": s.file, "nbytes": s.nbytes, "tensors": [t.to_dict(pieces=pieces) for t in s.tensors]}
+                for s in self.shards
+            ],
+        }
+
+
+def _display(prefix: str, template: str, suffix: str, index: int | None = None) -> str:
+    return prefix + (fill_stars(template, [index]) if index is not None else template_body(template)) + suffix
+
+
+@dataclass
+class _Group:
+    """Tensors collected for one Convert at one place (prefix/suffix around the matched pattern)."""
+
+    converter: int
+    prefix: str
+    suffix: str
+    # slot index -> list of (expert index or None, original name, tensor)
+    slots: dict[int, list[tuple[int | None, str, VirtualTensor]]] = field(
+        default_factory=lambda: defaultdict(list)
+    )
+
+
+def _build_slots(g: _Group, conv: Convert) -> list[Slot]:
+    slots: list[Slot] = []
+    counts: dict[int, int] = {}
+    present = next(iter(g.slots.values()))[0][1]
+    for si, src in enumerate(conv.sources):
+        entries = g.slots.get(si)
+        if not entries:
+            raise MissingSourceError(
+                f"{present} needs a matching {_display(g.prefix, src, g.suffix)}, which the checkpoint lacks",
+                key=_display(g.prefix, src, g.suffix),
+            )
+        if "*" not in src:
+            if len(entries) > 1:
+                raise TargetCollisionError(
+                    f"{entries[0][1]} and {entries[1][1]} both map to {_display(g.prefix, src, g.suffix)}",
+                    key=entries[1][1],
+                )
+            slots.append(entries[0][2])
+            continue
+        by_index: dict[int, tuple[str, VirtualTensor]] = {}
+        for idx, name, vt in entries:
+            assert idx is not None
+            if idx in by_index:
+                raise DuplicateExpertError(
+                    f"expert {idx} of {_display(g.prefix, src, g.suffix)} appears twice: {by_index[idx][0]} and {name}",
+                    key=name,
+                )
+            by_index[idx] = (name, vt)
+        n = max(by_index) + 1
+        missing = [i for i in range(n) if i not in by_index]
+        if missing:
+            raise MissingExpertError(
+                f"expert {missing[0]} is missing: no {_display(g.prefix, src, g.suffix, missing[0])} "
+                f"(found {len(by_index)} experts with indices up to {n - 1})",
+                key=_display(g.prefix, src, g.suffix, missing[0]),
+            )
+        counts[si] = n
+        slots.append([by_index[i][1] for i in range(n)])
+    if len(set(counts.values())) > 1:
+        most = max(counts.values())
+        si = min(counts, key=lambda k: counts[k])
+        src = conv.sources[si]
+        raise MissingExpertError(
+            f"{_display(g.prefix, src, g.suffix)} has {counts[si]} experts but other projections have {most}: "
+            f"no {_display(g.prefix, src, g.suffix, counts[si])}",
+            key=_display(g.prefix, src, g.suffix, counts[si]),
+        )
+    return slots
+
+
+def build_tensors(
+    index: CheckpointIndex,
+    rules: RuleSet,
+    *,
+    config: Mapping[str, Any] | None = None,
+    dtype: str | None = None,
+) -> list[PlannedTensor]:
+    """Apply ``rules`` to every tensor of ``index``; returns the output tensors in natural name order."""
+    forward = rules.direction == "forward"
+    outputs: dict[str, PlannedTensor] = {}
+    groups: dict[tuple[int, str, str], _Group] = {}
+
+    def add(name: str, vt: VirtualTensor, how: str, rule: int | None = None) -> None:
+        if name in outputs:
+            a, b = outputs[name].sources, vt.origins
+            raise TargetCollisionError(
+                f"{a[0] if a else '?'} and {b[0] if b else '?'} both map to output {name}", key=name
+            )
+        outputs[name] = PlannedTensor(name, vt, how, rule)
+
+    for name in sorted(index.tensors, key=natural_key):
+        info: TensorInfo = index.tensors[name]
+        vt = from_file(name, info.dtype, info.shape, info.file, info.offset, info.length)
+        renamed = rules.rename(name) if forward else name
+        hit = rules.find_converter(renamed)
+        if hit is None:
+            out = renamed if forward else rules.rename(name)
+            add(out, vt, "copy" if out == name else "rename")
+            continue
+        ci, si, m = hit
+        stars = [int(x) for x in m.groups()]
+        if len(stars) > 1:
+            raise UnsupportedError(f"{name}: converter patterns with several '*' are not supported", key=name)
+        key = (ci, renamed[: m.start()], renamed[m.end() :])
+        g = groups.setdefault(key, _Group(ci, key[1], key[2]))
+        g.slots[si].append((stars[0] if stars else None, name, vt))
+
+    for (ci, prefix, suffix), g in sorted(groups.items(), key=lambda kv: natural_key(kv[0][1] + kv[0][2])):
+        conv = rules.converters[ci]
+        label = _display(prefix, conv.targets[0].replace("*", "0"), suffix)
+        ctx = OpContext(key=label, n_targets=len(conv.targets), config=config)
+        slots = _build_slots(g, conv)
+        for op in conv.ops:
+            slots = op.apply(slots, ctx)
+        if len(slots) != len(conv.targets):
+            raise ShapeError(
+                f"{label}: ops produced {len(slots)} tensors for {len(conv.targets)} targets", key=label
+            )
+        for target, slot in zip(conv.targets, slots, strict=True):
+            items = list(enumerate(slot)) if isinstance(slot, list) else [(None, slot)]
+            for idx, vt in items:
+                if (idx is None) != ("*" not in target):
+                    raise ShapeError(f"{label}: target {target!r} and op outputs disagree on '*'", key=label)
+                out = _display(prefix, target, suffix, idx)
+                add(out if forward else rules.rename(out), vt, "convert", ci)
+
+    result = [outputs[k] for k in sorted(outputs, key=natural_key)]
+    if dtype is not None:
+        result = [_cast(t, dtype, rules) for t in result]
+    return result
+
+
+def _cast(t: PlannedTensor, dtype: str, rules: RuleSet) -> PlannedTensor:
+    """transformers' dtype policy: floats go to ``dtype``, except the params it keeps in float32."""
+    if t.dtype not in FLOAT_DTYPES:
+        return t
+    keep = rules.keep_fp32 + (rules.keep_fp32_for_fp16 if dtype == "F16" else ())
+    target = "F32" if dtype in ("BF16", "F16") and keep_fp32_matches(t.name, keep) else dtype
+    if target == t.dtype:
+        return t
+    return PlannedTensor(t.name, cast(t.tensor, target), t.how + "+cast", t.rule)
+
+
+def assign_shards(tensors: list[PlannedTensor], max_shard_size: int) -> list[PlannedShard]:
+    """Greedy fill in order, as huggingface_hub's ``split_state_dict_into_shards`` (a big tensor gets its own)."""
+    groups: list[list[PlannedTensor]] = [[]]
+    size = 0
+    for t in tensors:
+        if groups[-1] and size + t.nbytes > max_shard_size:
+            groups.append([])
+            size = 0
+        groups[-1].append(t)
+        size += t.nbytes
+    n = len(groups)
+    return [PlannedShard(shard_name(i, n), g) for i, g in enumerate(groups)]
+
+
+def normalize_dtype(dtype: str | None) -> str | None:
+    if dtype is None:
+        return None
+    d = DTYPE_ALIASES.get(dtype.lower(), dtype.upper())
+    if d not in ("BF16", "F16", "F32"):
+        raise ValueError(f"dtype must be one of bf16, fp16, fp32, not {dtype!r}")
+    return d
+
+
+def resolve_model_type(model_type: str | None, config: Mapping[str, Any] | None, where: str) -> str:
+    """The explicit model_type, else ``config.json``'s; a mismatch between the two is an error."""
+    found = config.get("model_type") if config else None
+    if model_type is None:
+        if not isinstance(found, str) or not found:
+            raise CheckpointError(
+                f"{where} has no config.json with a model_type; pass --model-type", file=where
+            )
+        model_type = found
+    elif isinstance(found, str) and found and found != model_type:
+        a, b = get_entry(model_type), REGISTRY.get(found)
+        if b is None or a.rules != b.rules:
+            raise CheckpointError(
+                f"--model-type {model_type} disagrees with config.json's model_type {found!r}; "
+                "omit --model-type to use the config's",
+                key=model_type,
+                file="config.json",
+            )
+    entry = get_entry(model_type)
+    if entry.unsupported:
+        raise UnsupportedError(f"{model_type} cannot be converted: {entry.unsupported}", key=model_type)
+    return model_type
+
+
+def plan(
+    source: str | os.PathLike[str] | Source,
+    *,
+    model_type: str | None = None,
+    direction: str = "forward",
+    dtype: str | None = None,
+    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
+    config: Mapping[str, Any] | None = None,
+    key_mapping: Mapping[str, str] | None = None,
+    add_legacy: bool = True,
+) -> Plan:
+    """Plan the conversion of the checkpoint at ``source`` from its headers alone.
+
+    ``direction="forward"`` converts the published layout to the one transformers loads; ``"reverse"`` goes back.
+    ``dtype`` (``bf16``/``fp16``/``fp32``) casts floats as ``from_pretrained(dtype=...)`` does. Raises a typed
+    :class:`~converter.errors.ConversionError` naming the tensor for anything that would make the output wrong.
+    """
+    src = open_source(source)
+    if config is None:
+        config = src.read_config()
+    mt = resolve_model_type(model_type, config, src.description)
+    rules = rules_for(mt, direction=direction, config=config, add_legacy=add_legacy, key_mapping=key_mapping)
+    index = src.read_index()
+    d = normalize_dtype(dtype)
+    tensors = build_tensors(index, rules, config=config, dtype=d)
+    size = parse_size(max_shard_size)
+    return Plan(
+        source=src.description,
+        model_type=mt,
+        direction=direction,
+        dtype=d,
+        ruleset=rules,
+        tensors=tensors,
+        shards=assign_shards(tensors, size),
+        source_index=index,
+        config=dict(config) if config else None,
+        max_shard_size=size,
+    )
+
+
+__all__ = [
+    "Plan",
+    "PlannedShard",
+    "PlannedTensor",
+    "Piece",
+    "assign_shards",
+    "build_tensors",
+    "natural_key",
+    "plan",
+]

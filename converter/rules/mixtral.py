@@ -1,0 +1,26 @@
+"""Mixtral-style MoE: ``block_sparse_moe.experts.{e}.w1/w3/w2.weight`` (gate/up/down), router ``gate``."""
+
+from .common import merge_experts
+from .core import Rename
+from .registry import alias, register
+
+MIXTRAL = (
+    Rename("block_sparse_moe", "mlp"),
+    *merge_experts("experts", gate="w1.weight", up="w3.weight", down="w2.weight"),
+)
+
+register("mixtral", MIXTRAL, family="mixtral")
+alias("minimax", "mixtral")
+register(
+    "minimax_m2",
+    (
+        *MIXTRAL,
+        Rename(
+            "block_sparse_moe.e_score_correction_bias",
+            "mlp.e_score_correction_bias",
+            note="never fires (the first rename already moved it); kept for parity with transformers",
+        ),
+    ),
+    family="mixtral",
+)
+register("phimoe", (MIXTRAL[0], Rename("gate.weight", "router.weight"), *MIXTRAL[1:]), family="mixtral")

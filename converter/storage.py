@@ -1,0 +1,256 @@
+"""Where checkpoints are read from (Sources) and written to (Sinks).
+
+A Source gives the planner the shard headers and ``config.json`` and gives the executor byte ranges. A Sink
+receives output shards in order and publishes them all at once on :meth:`Sink.commit` (a folder rename for
+:class:`LocalSink`), or nothing at all on :meth:`Sink.abort`.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, BinaryIO, Protocol
+
+from .errors import CheckpointError, OutputExistsError, UnsafePathError
+from .safetensors_io import INDEX_NAME, CheckpointIndex, check_member_name, read_local_checkpoint
+
+#: files never copied to the output: weights in other formats or layouts (they would be stale)
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".npz", ".pkl")
+COPY_CHUNK = 64 * 1024 * 1024
+
+
+class Reader(Protocol):
+    def read(self, file: str, offset: int, length: int) -> bytes: ...
+
+    def copy_to(self, out: BinaryIO, file: str, offset: int, length: int) -> None: ...
+
+
+class Source(Protocol):
+    description: str
+
+    def read_index(self) -> CheckpointIndex: ...
+
+    def read_config(self) -> dict[str, Any] | None: ...
+
+    def other_files(self) -> tuple[list[str], list[str]]: ...
+
+    def reader(self) -> Any: ...  # context manager yielding a Reader
+
+    def open_file(self, name: str) -> Any: ...  # context manager yielding a binary file
+
+
+class LocalReader:
+    """Byte ranges of local shard files; ``copy_to`` uses ``copy_file_range`` (in-kernel copy) when it can."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._fds: dict[str, int] = {}
+        self._kernel_copy = hasattr(os, "copy_file_range")
+
+    def _fd(self, file: str) -> int:
+        fd = self._fds.get(file)
+        if fd is None:
+            fd = os.open(check_member_name(self.root, file, what="shard"), os.O_RDONLY)
+            self._fds[file] = fd
+        return fd
+
+    def read(self, file: str, offset: int, length: int) -> bytes:
+        fd = self._fd(file)
+        parts, done = [], 0
+        while done < length:
+            b = os.pread(fd, length - done, offset + done)
+            if not b:
+                raise CheckpointError(
+                    f"{file} ended at byte {offset + done}; was it changed after planning?", file=file
+                )
+            parts.append(b)
+            done += len(b)
+        return b"".join(parts)
+
+    def copy_to(self, out: BinaryIO, file: str, offset: int, length: int) -> None:
+        """Append ``length`` bytes at ``offset`` of ``file`` to ``out`` (an unbuffered file)."""
+        src = self._fd(file)
+        if self._kernel_copy:
+            try:
+                dst = out.fileno()
+                while length > 0:
+                    n = os.copy_file_range(src, dst, min(length, COPY_CHUNK), offset)
+                    if n == 0:
+                        raise CheckpointError(
+                            f"{file} ended at byte {offset}; was it changed after planning?", file=file
+                        )
+                    offset += n
+                    length -= n
+                return
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF):
+                    raise
+                self._kernel_copy = False
+        while length > 0:
+            n = min(length, 16 * 1024 * 1024)
+            out.write(self.read(file, offset, n))
+            offset += n
+            length -= n
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+
+class LocalSource:
+    """A checkpoint folder on this machine (also a huggingface_hub cache snapshot folder)."""
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.root = Path(folder)
+        self.description = str(self.root)
+
+    def read_index(self) -> CheckpointIndex:
+        return read_local_checkpoint(self.root)
+
+    def read_config(self) -> dict[str, Any] | None:
+        p = self.root / "config.json"
+        if not p.is_file():
+            return None
+        try:
+            doc = json.loads(p.read_bytes())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"config.json is not valid JSON ({e})", file="config.json") from None
+        if not isinstance(doc, dict):
+            raise CheckpointError("config.json is not a JSON object", file="config.json")
+        return doc
+
+    def other_files(self) -> tuple[list[str], list[str]]:
+        """Top-level files to copy unchanged (config, tokenizer, ...), and those skipped (other weight formats)."""
+        copy, skipped = [], []
+        for p in sorted(self.root.iterdir()):
+            if p.name == INDEX_NAME or p.name.startswith(".") and p.name != ".gitattributes":
+                continue
+            if p.is_dir():
+                skipped.append(p.name + "/")
+            elif p.name.endswith(WEIGHT_SUFFIXES):
+                if not p.name.endswith(".safetensors"):
+                    skipped.append(p.name)
+            elif p.is_file():
+                copy.append(p.name)
+        return copy, skipped
+
+    @contextmanager
+    def reader(self) -> Iterator[LocalReader]:
+        r = LocalReader(self.root)
+        try:
+            yield r
+        finally:
+            r.close()
+
+    @contextmanager
+    def open_file(self, name: str) -> Iterator[BinaryIO]:
+        with open(check_member_name(self.root, name), "rb") as f:
+            yield f
+
+
+class Sink(Protocol):
+    description: str
+
+    def begin(self) -> None: ...
+
+    def open_shard(self, name: str) -> Any: ...  # context manager yielding an unbuffered binary file
+
+    def finish_shard(self, name: str) -> None: ...
+
+    def write_bytes(self, name: str, data: bytes) -> None: ...
+
+    def copy_file(self, source: Source, name: str) -> None: ...
+
+    def commit(self, message: str) -> str: ...
+
+    def abort(self) -> None: ...
+
+
+class LocalSink:
+    """Writes into a hidden sibling folder and renames it to ``folder`` only on :meth:`commit`."""
+
+    def __init__(
+        self, folder: str | os.PathLike[str], *, overwrite: bool = False, source_root: Path | None = None
+    ):
+        self.final = Path(folder).absolute()
+        self.overwrite = overwrite
+        self.description = str(self.final)
+        self.tmp: Path | None = None
+        self._check(source_root)
+
+    def _check(self, source_root: Path | None) -> None:
+        final = self.final.resolve()
+        if source_root is not None:
+            src = source_root.resolve()
+            if final == src or src in final.parents or final in src.parents:
+                raise UnsafePathError(
+                    f"output {final} overlaps the source checkpoint {src}; choose a separate folder",
+                    file=str(final),
+                )
+        if final.exists() and not final.is_dir():
+            raise OutputExistsError(f"output {final} exists and is not a folder", file=str(final))
+        if final.is_dir() and any(final.iterdir()) and not self.overwrite:
+            raise OutputExistsError(
+                f"output folder {final} is not empty; pass --overwrite to replace it", file=str(final)
+            )
+
+    def begin(self) -> None:
+        self.final.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp = self.final.parent / f".{self.final.name}.partial-{uuid.uuid4().hex[:8]}"
+        self.tmp.mkdir()
+
+    def _path(self, name: str) -> Path:
+        assert self.tmp is not None, "begin() first"
+        return check_member_name(self.tmp, name, what="output file")
+
+    @contextmanager
+    def open_shard(self, name: str) -> Iterator[BinaryIO]:
+        with open(self._path(name), "wb", buffering=0) as f:
+            yield f  # type: ignore[misc]
+
+    def finish_shard(self, name: str) -> None:
+        pass
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        self._path(name).write_bytes(data)
+
+    def copy_file(self, source: Source, name: str) -> None:
+        with source.open_file(name) as src, open(self._path(name), "wb") as dst:
+            shutil.copyfileobj(src, dst, 16 * 1024 * 1024)
+
+    def commit(self, message: str = "") -> str:
+        assert self.tmp is not None
+        old: Path | None = None
+        if self.final.exists():
+            if any(self.final.iterdir()):
+                old = self.final.parent / f".{self.final.name}.old-{uuid.uuid4().hex[:8]}"
+                os.rename(self.final, old)
+            else:
+                self.final.rmdir()
+        os.rename(self.tmp, self.final)
+        self.tmp = None
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        return str(self.final)
+
+    def abort(self) -> None:
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
+
+
+def open_source(source: str | os.PathLike[str] | Source) -> Source:
+    """A Source for a local folder path (Hub sources come with the Hub issue)."""
+    if isinstance(source, (str, os.PathLike)):
+        p = Path(source)
+        if not p.exists():
+            raise CheckpointError(f"source {p} does not exist", file=str(p))
+        return LocalSource(p)
+    return source
