@@ -32,8 +32,8 @@ from .plan import DEFAULT_MAX_SHARD_SIZE, Plan, plan
 from .rules import get_entry, model_types, rules_for
 from .rules.core import Convert
 
-out = Console()
-err = Console(stderr=True)
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 
 def human_bytes(n: float) -> str:

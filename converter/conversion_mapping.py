@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UnsupportedError
-from .rules import LEGACY, REGISTRY, compile_template, rules_for
+from .rules import LEGACY, REGISTRY, compile_template
 from .rules.core import RegexRename, Rename, Rule, applies, template_body
 
 #: model types whose conversion needs tensor ops (stacking experts, concatenating, transposing), not only renames
@@ -113,12 +113,10 @@ def get_model_conversion_mapping(
     if hf_quantizer is not None:
         raise UnsupportedError("pre-quantized checkpoints are not supported by these rules yet")
     config = _config_of(model_or_config)
-    model_type = config.get("model_type")
-    if not isinstance(model_type, str) or model_type not in REGISTRY:
-        return [RegexRename(k, v) for k, v in (key_mapping or {}).items()] + (
-            list(LEGACY) if add_legacy else []
-        )
-    rules = rules_for(model_type, config=config, add_legacy=add_legacy, key_mapping=key_mapping)
-    active: list[Rule] = [r for r in rules.renames if applies(r, config)]
-    active.extend(rules.converters)
-    return active
+    rules: list[Rule] = [RegexRename(k, v) for k, v in (key_mapping or {}).items()]
+    entry = REGISTRY.get(config.get("model_type"))  # type: ignore[arg-type]
+    if entry is not None:
+        rules.extend(r for r in entry.rules if applies(r, config))
+    if add_legacy:
+        rules.extend(LEGACY)
+    return rules

@@ -1,0 +1,83 @@
+"""The ckpt-convert command, run as a user would (a subprocess)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from helpers import MIXTRAL_CONFIG, assert_same_tensors, mixtral_tensors, read_tensors, write_checkpoint
+
+
+def cli(*args, ok=True):
+    p = subprocess.run([sys.executable, "-m", "converter.cli", *map(str, args)], capture_output=True, text=True, timeout=120)
+    if ok:
+        assert p.returncode == 0, p.stderr + p.stdout
+    return p
+
+
+def test_demo_round_trips(tmp_path):
+    p = cli("demo", "--workdir", tmp_path)
+    assert "identical to the original, bit for bit" in p.stdout
+    assert "verified: 39 tensors" in p.stdout
+    assert (tmp_path / "grouped" / "config.json").exists()
+
+
+def test_convert_prints_a_summary_and_writes_the_output(tmp_path):
+    t = mixtral_tensors()
+    write_checkpoint(tmp_path / "src", t, config=MIXTRAL_CONFIG)
+    p = cli("convert", tmp_path / "src", tmp_path / "out", "--verify")
+    assert "mixtral (forward)" in p.stdout and "4 convert" in p.stdout and "verified" in p.stdout
+    p = cli("convert", tmp_path / "out", tmp_path / "back", "--reverse", "--json")
+    summary = json.loads(p.stdout)
+    assert summary["direction"] == "reverse" and summary["tensors_out"] == len(t)
+    assert_same_tensors(read_tensors(tmp_path / "back"), t)
+
+
+def test_convert_error_is_one_clear_line_and_exit_1(tmp_path):
+    t = mixtral_tensors()
+    del t["model.layers.1.block_sparse_moe.experts.0.w2.weight"]
+    write_checkpoint(tmp_path / "src", t, config=MIXTRAL_CONFIG)
+    p = cli("convert", tmp_path / "src", tmp_path / "out", ok=False)
+    assert p.returncode == 1
+    assert "MissingExpertError" in p.stderr and "expert 0 is missing" in p.stderr
+    assert "Traceback" not in p.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_dry_run_and_plan_write_nothing(tmp_path):
+    write_checkpoint(tmp_path / "src", mixtral_tensors(), config=MIXTRAL_CONFIG)
+    p = cli("convert", tmp_path / "src", tmp_path / "out", "--dry-run")
+    assert "dry run" in p.stdout and not (tmp_path / "out").exists()
+    doc = json.loads(cli("plan", tmp_path / "src", "--json", "--pieces").stdout)
+    gu = [t for s in doc["shards"] for t in s["tensors"] if t["name"].endswith("gate_up_proj")]
+    assert len(gu) == 2 and gu[0]["pieces"][0]["file"].endswith(".safetensors")
+    assert "4 tensor(s) change" not in cli("plan", tmp_path / "src").stdout  # renames count too
+    assert "gate_up_proj" in cli("plan", tmp_path / "src").stdout
+
+
+def test_noop_says_so(tmp_path):
+    write_checkpoint(tmp_path / "src", mixtral_tensors(), config=MIXTRAL_CONFIG)
+    cli("convert", tmp_path / "src", tmp_path / "grouped")
+    p = cli("convert", tmp_path / "grouped", tmp_path / "again")
+    assert "already in the forward target layout" in p.stdout and not (tmp_path / "again").exists()
+
+
+def test_rules_listing_and_detail():
+    rows = json.loads(cli("rules", "--json").stdout)
+    mix = next(r for r in rows if r["model_type"] == "mixtral")
+    assert mix["requires_tensor_merging"] and mix["ops"] == ["concat", "stack"] and mix["supported"]
+    detail = json.loads(cli("rules", "mixtral", "--json").stdout)
+    assert detail["rules"][0] == {"kind": "rename", "source": "block_sparse_moe", "target": "mlp"}
+    human = cli("rules", "mixtral").stdout
+    assert "stack experts on dim 0, then concatenate on dim 1" in human
+    rev = json.loads(cli("rules", "mixtral", "--reverse", "--json").stdout)
+    assert rev["rules"][0]["kind"] == "convert" and rev["rules"][-1]["target"] == "block_sparse_moe"
+
+
+def test_bad_arguments_exit_2(tmp_path):
+    assert cli("convert", ok=False).returncode == 2
+    assert cli("rules", "nope", ok=False).returncode == 1
+    write_checkpoint(tmp_path / "src", mixtral_tensors(), config=MIXTRAL_CONFIG)
+    p = cli("convert", tmp_path / "src", tmp_path / "o", "--max-shard-size", "lots", ok=False)
+    assert p.returncode == 2 and "cannot read size" in p.stderr
