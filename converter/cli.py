@@ -206,15 +206,15 @@ def cmd_rules(a: argparse.Namespace) -> int:
     t = Table(title=f"{a.model_type} ({direction}): applied in this order")
     for col in ("#", "kind", "from", "to", "ops"):
         t.add_column(col)
-    for i, r in enumerate(rs.rules, 1):
-        d = r.to_dict()
-        if isinstance(r, Convert):
+    for i, rule in enumerate(rs.rules, 1):
+        d = rule.to_dict()
+        if isinstance(rule, Convert):
             t.add_row(
                 str(i),
                 "convert",
-                "\n".join(r.sources),
-                "\n".join(r.targets),
-                ", then ".join(op.describe() for op in r.ops),
+                "\n".join(rule.sources),
+                "\n".join(rule.targets),
+                ", then ".join(op.describe() for op in rule.ops),
             )
         elif d["kind"] == "rename":
             cond = f" (unless {', '.join(d['unless'])})" if d.get("unless") else ""

@@ -213,7 +213,7 @@ class LocalSink:
     @contextmanager
     def open_shard(self, name: str) -> Iterator[BinaryIO]:
         with open(self._path(name), "wb", buffering=0) as f:
-            yield f  # type: ignore[misc]
+            yield f
 
     def finish_shard(self, name: str) -> None:
         pass

@@ -28,11 +28,15 @@ def write_checkpoint(
     groups = [g for g in groups if g]
     weight_map = {}
     for i, g in enumerate(groups):
-        file = "model.safetensors" if len(groups) == 1 else f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
+        file = (
+            "model.safetensors" if len(groups) == 1 else f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
+        )
         save_file({n: tensors[n].contiguous() for n in g}, str(folder / file), metadata={"format": "pt"})
         weight_map.update(dict.fromkeys(g, file))
     if len(groups) > 1:
-        (folder / INDEX_NAME).write_text(json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map}))
+        (folder / INDEX_NAME).write_text(
+            json.dumps({"metadata": {"total_size": 0}, "weight_map": weight_map})
+        )
     if config is not None:
         (folder / "config.json").write_text(json.dumps(config))
     return folder
@@ -45,7 +49,9 @@ def read_tensors(folder: Path) -> dict[str, torch.Tensor]:
     idx = read_local_checkpoint(folder)
     r = LocalReader(folder)
     try:
-        return {n: to_tensor(r.read(t.file, t.offset, t.length), t.dtype, t.shape) for n, t in idx.tensors.items()}
+        return {
+            n: to_tensor(r.read(t.file, t.offset, t.length), t.dtype, t.shape) for n, t in idx.tensors.items()
+        }
     finally:
         r.close()
 

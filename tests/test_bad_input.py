@@ -48,7 +48,12 @@ def _mixtral(tmp_path, edit=None, **kw):
 
 
 def test_missing_expert(tmp_path):
-    src = _mixtral(tmp_path, lambda t: [t.pop(f"model.layers.0.block_sparse_moe.experts.2.{w}.weight") for w in ("w1", "w2", "w3")])
+    src = _mixtral(
+        tmp_path,
+        lambda t: [
+            t.pop(f"model.layers.0.block_sparse_moe.experts.2.{w}.weight") for w in ("w1", "w2", "w3")
+        ],
+    )
     e = _convert_fails(src, tmp_path, MissingExpertError, "expert 2 is missing")
     assert e.key == "model.layers.0.mlp.experts.2.w1.weight"
 
@@ -61,7 +66,9 @@ def test_one_projection_has_fewer_experts(tmp_path):
 
 def test_duplicate_expert(tmp_path):
     def edit(t):
-        t["model.layers.0.block_sparse_moe.experts.01.w1.weight"] = t["model.layers.0.block_sparse_moe.experts.1.w1.weight"].clone()
+        t["model.layers.0.block_sparse_moe.experts.01.w1.weight"] = t[
+            "model.layers.0.block_sparse_moe.experts.1.w1.weight"
+        ].clone()
 
     e = _convert_fails(_mixtral(tmp_path, edit), tmp_path, DuplicateExpertError, "expert 1")
     assert "experts.01.w1.weight" in e.key or "experts.1.w1.weight" in e.key
@@ -96,7 +103,12 @@ def test_two_sources_map_to_one_output(tmp_path):
     def edit(t):
         t["model.layers.0.mlp.gate.weight"] = t["model.layers.0.block_sparse_moe.gate.weight"].clone()
 
-    e = _convert_fails(_mixtral(tmp_path, edit), tmp_path, TargetCollisionError, "both map to output model.layers.0.mlp.gate.weight")
+    e = _convert_fails(
+        _mixtral(tmp_path, edit),
+        tmp_path,
+        TargetCollisionError,
+        "both map to output model.layers.0.mlp.gate.weight",
+    )
     assert e.key == "model.layers.0.mlp.gate.weight"
 
 
@@ -107,7 +119,9 @@ def test_unknown_model_type_suggests_close_names(tmp_path):
 
 
 def test_model_type_disagreeing_with_config(tmp_path):
-    _convert_fails(_mixtral(tmp_path), tmp_path, CheckpointError, "disagrees with config.json", model_type="qwen2_moe")
+    _convert_fails(
+        _mixtral(tmp_path), tmp_path, CheckpointError, "disagrees with config.json", model_type="qwen2_moe"
+    )
 
 
 def test_no_config_and_no_model_type(tmp_path):
@@ -129,7 +143,10 @@ HEADER_CASES = {
     "negative_offset": ({"a": {"dtype": "U8", "shape": [1], "data_offsets": [-1, 0]}}, None, "outside"),
     "size_mismatch": ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}}, None, "needs 8 bytes"),
     "overlap": (
-        {"a": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]}, "b": {"dtype": "U8", "shape": [4], "data_offsets": [2, 6]}},
+        {
+            "a": {"dtype": "U8", "shape": [4], "data_offsets": [0, 4]},
+            "b": {"dtype": "U8", "shape": [4], "data_offsets": [2, 6]},
+        },
         None,
         "overlap",
     ),

@@ -10,7 +10,9 @@ from helpers import MIXTRAL_CONFIG, assert_same_tensors, mixtral_tensors, read_t
 
 
 def cli(*args, ok=True):
-    p = subprocess.run([sys.executable, "-m", "converter.cli", *map(str, args)], capture_output=True, text=True, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "converter.cli", *map(str, args)], capture_output=True, text=True, timeout=120
+    )
     if ok:
         assert p.returncode == 0, p.stderr + p.stdout
     return p

@@ -23,7 +23,9 @@ def expected_grouped(t: dict[str, torch.Tensor], layers: int, experts: int) -> d
         w1 = torch.stack([t[f"{p}.{e}.w1.weight"] for e in range(experts)])
         w3 = torch.stack([t[f"{p}.{e}.w3.weight"] for e in range(experts)])
         out[f"model.layers.{i}.mlp.experts.gate_up_proj"] = torch.cat([w1, w3], dim=1)
-        out[f"model.layers.{i}.mlp.experts.down_proj"] = torch.stack([t[f"{p}.{e}.w2.weight"] for e in range(experts)])
+        out[f"model.layers.{i}.mlp.experts.down_proj"] = torch.stack(
+            [t[f"{p}.{e}.w2.weight"] for e in range(experts)]
+        )
     return out
 
 
@@ -79,8 +81,10 @@ def test_plan_reads_headers_only_and_describes_pieces(published):
     assert (gu.dtype, gu.shape, gu.how) == ("BF16", (12, 12, 8), "convert")
     # expert e of gate_up_proj = w1[e] bytes then w3[e] bytes: 24 pieces (some may coalesce, none are computed)
     assert gu.is_copy and len(gu.tensor.pieces) <= 24
-    assert gu.sources[:2] == ("model.layers.1.block_sparse_moe.experts.0.w1.weight",
-                              "model.layers.1.block_sparse_moe.experts.1.w1.weight")
+    assert gu.sources[:2] == (
+        "model.layers.1.block_sparse_moe.experts.0.w1.weight",
+        "model.layers.1.block_sparse_moe.experts.1.w1.weight",
+    )
     d = p.to_dict()
     json.dumps(d)  # serialisable as is
     assert d["tensors_in"] == len(t) and d["noop"] is False
@@ -104,7 +108,11 @@ def test_sharding_and_index(published, tmp_path):
 def test_single_shard_output_has_no_index(published, tmp_path):
     src, _ = published
     convert(src, tmp_path / "out")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+    ]
 
 
 def test_dtype_cast_matches_torch(published, tmp_path):
@@ -128,9 +136,18 @@ def test_cast_keeps_transformers_fp32_params(tmp_path):
     convert(tmp_path / "src", tmp_path / "out", dtype="bf16")
     got = read_tensors(tmp_path / "out")
     assert got["model.layers.0.mlp.gate.e_score_correction_bias"].dtype == torch.float32
-    assert torch.equal(got["model.layers.0.mlp.gate.e_score_correction_bias"], t["model.layers.0.mlp.gate.e_score_correction_bias"])
+    assert torch.equal(
+        got["model.layers.0.mlp.gate.e_score_correction_bias"],
+        t["model.layers.0.mlp.gate.e_score_correction_bias"],
+    )
     assert got["model.layers.0.mlp.gate.weight"].dtype == torch.bfloat16
-    want = torch.cat([torch.stack([t[f"model.layers.0.mlp.experts.{e}.{n}.weight"] for e in range(4)]) for n in ("gate_proj", "up_proj")], 1)
+    want = torch.cat(
+        [
+            torch.stack([t[f"model.layers.0.mlp.experts.{e}.{n}.weight"] for e in range(4)])
+            for n in ("gate_proj", "up_proj")
+        ],
+        1,
+    )
     assert torch.equal(got["model.layers.0.mlp.experts.gate_up_proj"], want.to(torch.bfloat16))
 
 

@@ -135,7 +135,12 @@ def test_transpose_of_a_size_one_dim_moves_no_bytes(vts):
 @pytest.mark.parametrize("to", [torch.bfloat16, torch.float16, torch.float32])
 @pytest.mark.parametrize("frm", [torch.float32, torch.bfloat16, torch.float16])
 def test_cast_is_torch_to(vts, frm, to):
-    t = torch.cat([rand(1000, dtype=torch.float32) * 1e4, torch.tensor([float("inf"), float("-inf"), 1e-40, 65519.0, 70000.0])])
+    t = torch.cat(
+        [
+            rand(1000, dtype=torch.float32) * 1e4,
+            torch.tensor([float("inf"), float("-inf"), 1e-40, 65519.0, 70000.0]),
+        ]
+    )
     t = t.to(frm)
     vt, r = vts({"t": t})
     (out,) = run(Cast(DT[to]), [vt["t"]])

@@ -9,20 +9,37 @@ import pytest
 import converter
 from converter import conversion_mapping as cm
 from converter.errors import UnknownModelTypeError
-from converter.rules import REGISTRY, Convert, Rename, compile_template, get_entry, model_types, rule_from_dict, rules_for
+from converter.rules import (
+    REGISTRY,
+    Convert,
+    Rename,
+    compile_template,
+    get_entry,
+    model_types,
+    rule_from_dict,
+    rules_for,
+)
 
 
 @pytest.mark.parametrize(
     "template,name,hit",
     [
         ("block_sparse_moe", "model.layers.0.block_sparse_moe.gate.weight", True),
-        ("block_sparse_moe", "model.layers.0.my_block_sparse_moe.gate.weight", False),  # whole components only
+        (
+            "block_sparse_moe",
+            "model.layers.0.my_block_sparse_moe.gate.weight",
+            False,
+        ),  # whole components only
         ("gate.weight", "model.layers.0.mlp.gate.weight", True),
         ("gate.weight", "model.layers.0.mlp.gate_weight", False),  # transformers' `.` would match `_`
         ("experts.*.w1.weight", "model.layers.0.mlp.experts.12.w1.weight", True),
         ("experts.*.w1.weight", "model.layers.0.mlp.experts.x.w1.weight", False),
         ("experts.*.w1.weight", "model.layers.0.mlp.experts.1.w1.weight_scale_inv", False),
-        ("experts.*.w1.weight", "model.layers.0.mlp.experts.1.extra.w1.weight", False),  # `.*` does not span dots
+        (
+            "experts.*.w1.weight",
+            "model.layers.0.mlp.experts.1.extra.w1.weight",
+            False,
+        ),  # `.*` does not span dots
         ("^language_model", "language_model.model.x", True),
         ("^language_model", "model.language_model.x", False),
     ],
@@ -39,7 +56,10 @@ def test_renames_chain_in_order_like_transformers():
 
 def test_unless_guards_a_prefix_rename():
     rs = rules_for("qwen2_vl")
-    assert rs.rename("model.layers.0.self_attn.q_proj.weight") == "model.language_model.layers.0.self_attn.q_proj.weight"
+    assert (
+        rs.rename("model.layers.0.self_attn.q_proj.weight")
+        == "model.language_model.layers.0.self_attn.q_proj.weight"
+    )
     assert rs.rename("model.language_model.layers.0.x") == "model.language_model.layers.0.x"
     assert rs.rename("visual.blocks.0.attn.qkv.weight") == "model.visual.blocks.0.attn.qkv.weight"
 
@@ -48,14 +68,25 @@ def test_conditional_rule_follows_the_config():
     clip = {"vision_config": {"model_type": "clip_vision_model"}}
     pixtral = {"vision_config": {"model_type": "pixtral"}}
     name = "model.vision_tower.encoder.layers.0.x"
-    assert rules_for("llava", direction="reverse", config=clip).rename(name) == "vision_tower.vision_model.encoder.layers.0.x"
-    assert rules_for("mistral3", direction="reverse", config=pixtral).rename(name) == "vision_tower.encoder.layers.0.x"
+    assert (
+        rules_for("llava", direction="reverse", config=clip).rename(name)
+        == "vision_tower.vision_model.encoder.layers.0.x"
+    )
+    assert (
+        rules_for("mistral3", direction="reverse", config=pixtral).rename(name)
+        == "vision_tower.encoder.layers.0.x"
+    )
 
 
 def test_legacy_renames_are_forward_only():
     assert rules_for("mixtral").rename("encoder.LayerNorm.gamma") == "encoder.LayerNorm.weight"
-    assert rules_for("mixtral", add_legacy=False).rename("encoder.LayerNorm.gamma") == "encoder.LayerNorm.gamma"
-    assert rules_for("mixtral", direction="reverse").rename("encoder.LayerNorm.weight") == "encoder.LayerNorm.weight"
+    assert (
+        rules_for("mixtral", add_legacy=False).rename("encoder.LayerNorm.gamma") == "encoder.LayerNorm.gamma"
+    )
+    assert (
+        rules_for("mixtral", direction="reverse").rename("encoder.LayerNorm.weight")
+        == "encoder.LayerNorm.weight"
+    )
 
 
 def test_reverse_inverts_ops_in_reverse_order():
@@ -96,11 +127,22 @@ NEMO_LIST = {  # NeMo 0.7's MODELS_REQUIRING_TENSOR_MERGING (SEMANTICS.md sectio
 
 
 def test_merge_list_is_derived_from_the_rules():
-    assert converter.MODELS_REQUIRING_TENSOR_MERGING == {t for t, e in REGISTRY.items() if any(isinstance(r, Convert) for r in e.rules)}
+    assert {
+        t for t, e in REGISTRY.items() if any(isinstance(r, Convert) for r in e.rules)
+    } == converter.MODELS_REQUIRING_TENSOR_MERGING
     # everything NeMo lists that we register, plus the types NeMo forgets (SEMANTICS.md section 10)
     assert NEMO_LIST & set(REGISTRY) <= converter.MODELS_REQUIRING_TENSOR_MERGING
-    assert {"minimax_m2", "deepseek_v32", "exaone_moe", "glm4_moe_lite", "cohere2_moe", "afmoe"} <= converter.MODELS_REQUIRING_TENSOR_MERGING
-    assert converter.requires_tensor_merging("mixtral") and not converter.requires_tensor_merging("granitemoe")
+    assert {
+        "minimax_m2",
+        "deepseek_v32",
+        "exaone_moe",
+        "glm4_moe_lite",
+        "cohere2_moe",
+        "afmoe",
+    } <= converter.MODELS_REQUIRING_TENSOR_MERGING
+    assert converter.requires_tensor_merging("mixtral") and not converter.requires_tensor_merging(
+        "granitemoe"
+    )
     assert not converter.requires_tensor_merging("llava") and not converter.requires_tensor_merging("nope")
 
 
@@ -131,14 +173,23 @@ def test_get_model_conversion_mapping_accepts_configs(tmp_path):
         assert rules[0].to_dict() == {"kind": "regex_rename", "pattern": "^x", "replacement": "y"}
         assert any(getattr(r, "source", "") == "^model.vision_tower.vision_model" for r in rules)
         assert rules[-1].to_dict()["source"] == "^language_model.model.model"  # legacy last
-    pix = converter.get_model_conversion_mapping({"model_type": "mistral3", "vision_config": {"model_type": "pixtral"}}, add_legacy=False)
+    pix = converter.get_model_conversion_mapping(
+        {"model_type": "mistral3", "vision_config": {"model_type": "pixtral"}}, add_legacy=False
+    )
     assert not any(getattr(r, "source", "") == "^model.vision_tower.vision_model" for r in pix)
 
 
 def test_get_model_conversion_mapping_accepts_a_transformers_model():
     transformers = pytest.importorskip("transformers")
-    cfg = transformers.MixtralConfig(hidden_size=16, intermediate_size=8, num_hidden_layers=1, num_attention_heads=2,
-                                     num_key_value_heads=1, num_local_experts=2, vocab_size=32)
+    cfg = transformers.MixtralConfig(
+        hidden_size=16,
+        intermediate_size=8,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        num_local_experts=2,
+        vocab_size=32,
+    )
     model = transformers.MixtralForCausalLM(cfg)
     rules = converter.get_model_conversion_mapping(model)
     assert [type(r).__name__ for r in rules[:3]] == ["Rename", "Convert", "Convert"]

@@ -14,4 +14,5 @@ register(
     "lfm2_moe",
     merge_experts("feed_forward.experts", gate="w1.weight", up="w3.weight", down="w2.weight"),
     family="feed_forward_moe",
+    keep_fp32=("expert_bias",),  # created in float32 by the modeling code, whatever the model dtype
 )

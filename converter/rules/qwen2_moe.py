@@ -17,8 +17,6 @@ E_SCORE = ("e_score_correction_bias",)
 ALIASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "qwen3_moe": ((), ()),
     "qwen3_next": ((), ()),
-    "qwen3_omni_moe": ((), ()),
-    "qwen3_omni_moe_thinker": ((), ()),
     "qwen3_omni_moe_text": ((), ()),
     "deepseek_v2": ((), ()),
     "deepseek_v3": (E_SCORE, ()),
@@ -32,7 +30,7 @@ ALIASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "solar_open": (E_SCORE, ()),
     "mellum": ((), ()),
     "beam": ((*E_SCORE, "mlp.gate.weight"), ()),
-    "hunyuan_v1_moe": ((), ()),
+    "hunyuan_v1_moe": (("gate.wg",), ()),  # the modeling code creates the router in float32
     "flex_olmo": ((), ()),
     "olmoe": ((), ()),
     "afmoe": (
@@ -52,6 +50,12 @@ ALIASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 for model_type, (strict, fp16_only) in ALIASES.items():
     alias(model_type, "qwen2_moe", keep_fp32=strict, keep_fp32_for_fp16=fp16_only)
+
+# transformers gives these the qwen2_moe rules too, but their checkpoints nest thinker/talker sub-models whose own
+# class-keyed rules (``thinker.`` prefix changes) also apply; refused until those are expressed (never half right)
+OMNI_REASON = "nested thinker/talker sub-model rules (class-keyed prefix changes) are not expressed yet"
+for model_type in ("qwen3_omni_moe", "qwen3_omni_moe_thinker"):
+    alias(model_type, "qwen2_moe", unsupported=OMNI_REASON)
 
 register(
     "ernie4_5_moe",
