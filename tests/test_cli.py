@@ -83,3 +83,16 @@ def test_bad_arguments_exit_2(tmp_path):
     write_checkpoint(tmp_path / "src", mixtral_tensors(), config=MIXTRAL_CONFIG)
     p = cli("convert", tmp_path / "src", tmp_path / "o", "--max-shard-size", "lots", ok=False)
     assert p.returncode == 2 and "cannot read size" in p.stderr
+
+
+def test_byte_copy_path_never_imports_torch(tmp_path):
+    """Start-up counts: stacking and concatenating are byte copies and must not import torch."""
+    write_checkpoint(tmp_path / "src", mixtral_tensors(), config=MIXTRAL_CONFIG)
+    code = (
+        "import sys; from converter import convert; from converter.cli import main; "
+        f"convert({str(tmp_path / 'src')!r}, {str(tmp_path / 'out')!r}); "
+        f"main(['plan', {str(tmp_path / 'src')!r}, '--json']); "
+        "assert 'torch' not in sys.modules, 'torch was imported'"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
