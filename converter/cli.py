@@ -11,7 +11,7 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -290,7 +290,8 @@ def _same_tensors(a: Path, b: Path) -> bool:
 # --- entry point ---------------------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.ArgumentParser:
+    """The parser of the library's commands; ``extend(subparsers)`` adds more (the service's)."""
     ap = argparse.ArgumentParser(
         prog="ckpt-convert",
         description="Convert model checkpoints between the published (Hub) layout and the transformers v5 layout.",
@@ -338,11 +339,17 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="make a small Mixtral-shaped checkpoint, convert it and back, and verify")
     d.add_argument("--workdir", help="where to write (default: a new temporary folder)")
     d.set_defaults(func=cmd_demo)
+    if extend is not None:
+        extend(sub)
     return ap
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    return run(build_parser(), argv)
+
+
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+    args = parser.parse_args(argv)
     try:
         return int(args.func(args))
     except ConversionError as e:

@@ -92,9 +92,10 @@ ProgressCallback = Callable[[Progress], None]
 class _Streamer:
     """Writes pieces to an output file; evaluates computed pieces recursively in bounded chunks."""
 
-    def __init__(self, reader: Reader, tick: Callable[[int], None]) -> None:
+    def __init__(self, reader: Reader, tick: Callable[[int], None], copy_chunk: int = COMPUTE_CHUNK) -> None:
         self.reader = reader
         self.tick = tick
+        self.copy_chunk = copy_chunk
 
     def read_piece(self, p: Piece) -> bytes:
         if isinstance(p.source, str):
@@ -112,7 +113,7 @@ class _Streamer:
             if isinstance(p.source, str):
                 off, left = p.offset, p.length
                 while left:  # chunked so progress and cancellation stay responsive
-                    n = min(left, COMPUTE_CHUNK)
+                    n = min(left, self.copy_chunk)
                     self.reader.copy_to(out, p.source, off, n)
                     self.tick(n)
                     off += n
@@ -150,8 +151,13 @@ def execute(
     should_cancel: Callable[[], bool] | None = None,
     copy_files: bool = True,
     commit_message: str = "",
+    metadata: Mapping[str, str] | None = None,
+    max_bytes_per_second: float | None = None,
 ) -> ConversionResult:
     """Write every shard of plan ``p`` into ``sink``, then the index and the other files, then commit.
+
+    ``metadata`` is added to every shard's safetensors ``__metadata__`` (the service records its job id there).
+    ``max_bytes_per_second`` caps the write rate (a shared disk or network stays usable for others).
 
     ``should_cancel`` is polled between chunks; when it returns True the sink is aborted and
     :class:`~converter.errors.CancelledError` raised. Any failure aborts the sink: nothing is published.
@@ -171,6 +177,10 @@ def execute(
         state.bytes_done += n
         if should_cancel is not None and should_cancel():
             raise CancelledError("conversion cancelled; nothing was published")
+        if max_bytes_per_second:
+            ahead = state.bytes_done / max_bytes_per_second - (time.monotonic() - started)
+            if ahead > 0:
+                time.sleep(ahead)
         report()
 
     copy, skipped = source.other_files() if copy_files else ([], [])
@@ -178,9 +188,12 @@ def execute(
     sink.begin()
     try:
         report(force=True)
-        meta = provenance(p)
+        meta = {**provenance(p), **(metadata or {})}
         with source.reader() as reader:
-            streamer = _Streamer(reader, tick)
+            chunk = COMPUTE_CHUNK
+            if max_bytes_per_second:  # about ten rate checks (and progress reports) a second
+                chunk = max(64 * 1024, min(chunk, int(max_bytes_per_second / 10)))
+            streamer = _Streamer(reader, tick, chunk)
             for shard in p.shards:
                 state.shard = shard.file
                 header, _ = encode_header(((t.name, t.dtype, t.shape) for t in shard.tensors), meta)

@@ -177,10 +177,18 @@ class LocalSink:
     """Writes into a hidden sibling folder and renames it to ``folder`` only on :meth:`commit`."""
 
     def __init__(
-        self, folder: str | os.PathLike[str], *, overwrite: bool = False, source_root: Path | None = None
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        source_root: Path | None = None,
+        tag: str | None = None,
     ):
+        """``tag`` names the temporary folder (instead of a random name) so that a re-run of the same job, e.g.
+        after its worker was killed, removes what the lost run left behind."""
         self.final = Path(folder).absolute()
         self.overwrite = overwrite
+        self.tag = tag
         self.description = str(self.final)
         self.tmp: Path | None = None
         self._check(source_root)
@@ -203,7 +211,9 @@ class LocalSink:
 
     def begin(self) -> None:
         self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.final.parent / f".{self.final.name}.partial-{uuid.uuid4().hex[:8]}"
+        self.tmp = self.final.parent / f".{self.final.name}.partial-{self.tag or uuid.uuid4().hex[:8]}"
+        if self.tag is not None and self.tmp.exists():
+            shutil.rmtree(self.tmp)
         self.tmp.mkdir()
 
     def _path(self, name: str) -> Path:

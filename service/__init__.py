@@ -1,0 +1,1 @@
+"""The conversion service: FastAPI app (jobs, rules, health, metrics), Redis job store, settings."""

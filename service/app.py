@@ -1,0 +1,125 @@
+"""The FastAPI app. ``uvicorn service.app:app`` (REDIS_URL must point at the Redis the workers use)."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aredis
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, RedirectResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from converter import __version__
+from converter.errors import ConversionError
+
+from .errors import ApiError, error_body
+from .routes import health, jobs, rules
+from .routes.jobs import FinishedJobs
+from .settings import get_settings
+from .store import AsyncJobReader
+
+DESCRIPTION = """
+Converts model checkpoints between the layout they are published in on the Hugging Face Hub and the layout
+transformers v5 / NeMo AutoModel load (experts stacked, gate and up fused), bit for bit, asynchronously.
+
+* **CI** posts `POST /convert` and follows `GET /jobs/{id}` or its event stream.
+* **Tooling** reads `GET /rules/{model_type}`: exactly the rules the planner applies, as data.
+* **Dashboards** read `GET /jobs` (`{data, count}`, newest first) and `GET /metrics`.
+
+Errors are typed: the body is `{"detail": {"type", "message", ...}}` and each type has one status.
+"""
+
+
+class BodySizeLimit:
+    """Refuse request bodies over ``limit`` bytes with 413, whether or not Content-Length is sent."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        for name, value in scope.get("headers", []):
+            if name == b"content-length" and value.isdigit() and int(value) > self.limit:
+                return await self._too_large(send)
+        seen = 0
+
+        async def limited() -> dict:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return msg
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await self._too_large(send)
+
+    async def _too_large(self, send: Send) -> None:
+        body = b'{"detail":{"type":"RequestTooLarge","message":"request body too large"}}'
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+
+class _TooLarge(Exception):
+    pass
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    app.state.aredis = aredis.Redis.from_url(get_settings().redis, decode_responses=True)
+    app.state.reader = AsyncJobReader(app.state.aredis)
+    app.state.finished = FinishedJobs()
+    # everything allocated so far lives as long as the process: keep it out of the collector's way, so that
+    # collections (the main source of latency tails under load) only walk per-request garbage
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        await app.state.aredis.aclose()
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    app = FastAPI(
+        title="ckpt-convert",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "jobs", "description": "conversion jobs: submit, follow, cancel"},
+            {"name": "rules", "description": "the conversion rules per model_type, as data"},
+            {"name": "health", "description": "liveness, readiness, Prometheus metrics"},
+        ],
+    )
+
+    @app.exception_handler(ApiError)
+    @app.exception_handler(ConversionError)
+    async def typed_error(request: Request, exc: Exception) -> JSONResponse:
+        status, body = error_body(exc)
+        return JSONResponse(body, status_code=status)
+
+    @app.get("/", include_in_schema=False)
+    def index() -> RedirectResponse:
+        return RedirectResponse("/docs")
+
+    app.include_router(jobs.router)
+    app.include_router(rules.router)
+    app.include_router(health.router)
+    app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    return app
+
+
+app = create_app()

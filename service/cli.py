@@ -1,0 +1,74 @@
+"""The ``ckpt-convert`` command: the library's commands (convert, plan, rules, demo) plus the service's
+(serve, worker, submit)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from converter import cli as lib_cli
+
+
+def add_service_commands(sub: argparse._SubParsersAction) -> None:
+    s = sub.add_parser("serve", help="run the API and a worker (and an embedded Redis if REDIS_URL is unset)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--concurrency", type=int, default=1, help="jobs the worker runs at once")
+    s.add_argument("--api-workers", type=int, default=2, help="API processes (uvicorn workers)")
+    s.set_defaults(func=lambda a: _serve(a))
+
+    w = sub.add_parser("worker", help="run one Celery worker on REDIS_URL")
+    w.add_argument("--concurrency", type=int, default=1)
+    w.set_defaults(func=lambda a: _worker(a))
+
+    c = sub.add_parser(
+        "submit", help="submit a job to a running service (for CI); --wait follows it to the end"
+    )
+    c.add_argument(
+        "source", help="Hub repo id (org/name, hf://org/name) or a local folder on the workers' machine"
+    )
+    c.add_argument("--to", help="destination: a folder, or hf://org/name")
+    c.add_argument("--revision", default="main")
+    c.add_argument("--model-type")
+    c.add_argument("--reverse", action="store_true")
+    c.add_argument("--dtype", choices=["bf16", "fp16", "fp32"])
+    c.add_argument("--dequantize", action="store_true")
+    c.add_argument("--max-shard-size", default="5GB")
+    c.add_argument("--pr", action="store_true", help="publish as a pull request")
+    c.add_argument("--private", action="store_true", help="create the destination repo private")
+    c.add_argument(
+        "--wait", action="store_true", help="show progress until the job ends; exit 0 only on success"
+    )
+    c.add_argument("--server", help=f"API URL (default: $CKPT_CONVERT_SERVER or {'http://127.0.0.1:8000'})")
+    c.add_argument("--hf-token", help="Hub token for this job only (default: $CKPT_CONVERT_HF_TOKEN)")
+    c.add_argument("--idempotency-key", help="retry-safe submission key")
+    c.add_argument("-q", "--quiet", action="store_true")
+    c.set_defaults(func=lambda a: _submit(a))
+
+
+def _serve(a: argparse.Namespace) -> int:
+    from .launcher import serve
+
+    return serve(a.host, a.port, a.concurrency, a.api_workers)
+
+
+def _worker(a: argparse.Namespace) -> int:
+    from .launcher import run_worker
+
+    return run_worker(a.concurrency)
+
+
+def _submit(a: argparse.Namespace) -> int:
+    from .client import main_submit
+
+    return main_submit(a)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = lib_cli.build_parser(extend=add_service_commands)
+    return lib_cli.run(parser, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

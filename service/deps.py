@@ -1,0 +1,87 @@
+"""FastAPI dependencies: settings, the job store, the queue, auth."""
+
+from __future__ import annotations
+
+import hmac
+from functools import lru_cache
+from typing import Annotated, Any
+
+from fastapi import Depends, Header, HTTPException
+
+from .settings import Settings, get_settings
+from .store import JobStore
+
+
+@lru_cache
+def _store(url: str) -> JobStore:
+    return JobStore(url)
+
+
+# Dependencies are async so that FastAPI does not hop to a thread for each of them on every request.
+
+
+async def settings_dep() -> Settings:
+    return get_settings()
+
+
+async def get_store() -> JobStore:
+    return _store(get_settings().redis)
+
+
+class Queue:
+    """Sends and revokes conversion tasks (the Celery app is created on first use)."""
+
+    def __init__(self) -> None:
+        self._app: Any = None
+
+    @property
+    def app(self) -> Any:
+        if self._app is None:
+            from worker.app import app
+
+            self._app = app
+        return self._app
+
+    def enqueue(self, job_id: str, hf_token: str | None) -> None:
+        from worker.app import TASK_CONVERT
+
+        headers = {"hf_token": hf_token} if hf_token else None
+        self.app.send_task(TASK_CONVERT, args=[job_id], task_id=job_id, headers=headers)
+
+    def revoke(self, job_id: str) -> None:
+        self.app.control.revoke(job_id)
+
+
+_queue = Queue()
+
+
+async def get_queue() -> Queue:
+    return _queue
+
+
+async def require_token(
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+) -> None:
+    """With CKPT_CONVERT_API_TOKENS set: ``Authorization: Bearer <token>`` is required (401 without, 403 if wrong).
+
+    Async (no thread hop): it runs on every protected request."""
+    tokens = get_settings().token_list
+    if not tokens:
+        return
+    if not authorization or not authorization.lower().startswith("bearer "):
+        raise HTTPException(
+            401,
+            detail={"type": "Unauthorized", "message": "Authorization: Bearer <token> required"},
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    given = authorization[7:].strip().encode()
+    ok = False
+    for t in tokens:  # compare with every token, each in constant time
+        ok |= hmac.compare_digest(given, t.encode())
+    if not ok:
+        raise HTTPException(403, detail={"type": "Forbidden", "message": "invalid token"})
+
+
+StoreDep = Annotated[JobStore, Depends(get_store)]
+SettingsDep = Annotated[Settings, Depends(settings_dep)]
+QueueDep = Annotated[Queue, Depends(get_queue)]

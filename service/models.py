@@ -1,0 +1,248 @@
+"""Request and response bodies of the API (pydantic), with the examples the OpenAPI docs show."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+Direction = Literal["forward", "reverse"]
+
+
+class HubDestination(BaseModel):
+    """Publish to a Hub repo (created when missing), or as a pull request."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"repo_id": "my-org/Mixtral-8x7B-grouped"}]}
+    )
+    repo_id: str = Field(
+        description="target repo `org/name`; with create_pr and the source's own id: a PR on the source"
+    )
+    create_pr: bool = False
+    private: bool = False
+
+
+class LocalDestination(BaseModel):
+    """Write to a folder on the workers' machine, under one of CKPT_CONVERT_ALLOWED_LOCAL_ROOTS."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"local_path": "/data/out/mixtral-grouped"}]}
+    )
+    local_path: str = Field(description="absolute path of the output folder (must not exist or be empty)")
+
+
+class ConvertRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "source": "mistralai/Mixtral-8x7B-v0.1",
+                    "revision": "main",
+                    "destination": {"repo_id": "my-org/Mixtral-8x7B-v0.1-grouped", "private": True},
+                },
+                {
+                    "source": "/data/checkpoints/mixtral",
+                    "model_type": "mixtral",
+                    "direction": "forward",
+                    "dtype": "bf16",
+                    "destination": {"local_path": "/data/out/mixtral-grouped"},
+                },
+            ]
+        },
+    )
+    source: str = Field(description="Hub repo id (`org/name` or `hf://org/name`) or an absolute local path")
+    revision: str = Field(
+        "main", description="branch, tag or commit of a Hub source; resolved to a commit sha"
+    )
+    model_type: str | None = Field(
+        None, description="rules to apply; default: the source's config.json model_type"
+    )
+    direction: Direction = Field("forward", description="forward: published -> model layout; reverse: back")
+    dtype: Literal["bf16", "fp16", "fp32"] | None = Field(None, description="cast floats (fp32 params kept)")
+    dequantize: bool = Field(False, description="dequantize pre-quantized (FP8/MXFP4) checkpoints to bf16")
+    max_shard_size: str = Field("5GB", description="largest output shard, e.g. 5GB, 500MB, 2GiB")
+    destination: HubDestination | LocalDestination
+
+
+class Progress(BaseModel):
+    phase: str = Field(
+        description="resolving, planning, converting, writing index, copying files, publishing, done"
+    )
+    bytes_done: int = 0
+    bytes_total: int = 0
+    tensors_done: int = 0
+    tensors_total: int = 0
+    eta_seconds: float | None = None
+    bytes_per_second: float | None = None
+
+
+class JobError(BaseModel):
+    type: str = Field(description="error class, e.g. MissingExpertError, CancelledError, WorkerLostError")
+    message: str
+    key: str | None = None
+    file: str | None = None
+
+
+class ShardInfo(BaseModel):
+    file: str
+    size: int
+
+
+class JobResult(BaseModel):
+    output: str = Field(description="output folder, Hub repo URL or pull request URL")
+    noop: bool = Field(False, description="the source was already in the target layout; nothing was written")
+    shards: list[ShardInfo] = []
+    copied_files: list[str] = []
+    skipped_files: list[str] = []
+    bytes_written: int = 0
+    seconds: float = 0.0
+
+
+class PhaseTiming(BaseModel):
+    started: datetime
+    finished: datetime | None = None
+    seconds: float | None = None
+
+
+class Job(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "3f0c2d6b9e8a4a51b1f4c0de12345678",
+                    "status": "running",
+                    "source": "/data/checkpoints/mixtral",
+                    "revision": "local",
+                    "model_type": "mixtral",
+                    "direction": "forward",
+                    "destination": {"local_path": "/data/out/mixtral-grouped"},
+                    "created_at": "2026-11-29T10:00:00Z",
+                    "progress": {"phase": "converting", "bytes_done": 1073741824, "bytes_total": 93415342080},
+                }
+            ]
+        }
+    )
+    id: str
+    status: Status
+    source: str
+    revision: str
+    source_sha: str | None = Field(
+        None, description="commit sha (Hub) or content fingerprint (local) converted"
+    )
+    model_type: str
+    direction: Direction
+    dtype: str | None = None
+    dequantize: bool = False
+    max_shard_size: str = "5GB"
+    destination: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempts: int = 0
+    progress: Progress | None = None
+    phases: dict[str, PhaseTiming] = {}
+    plan: dict[str, Any] | None = Field(
+        None, description="plan summary: tensors and bytes in/out, shards, counts"
+    )
+    result: JobResult | None = None
+    error: JobError | None = None
+
+
+class JobList(BaseModel):
+    data: list[Job]
+    count: int = Field(description="jobs matching the filters (all pages)")
+
+
+class RuleSummary(BaseModel):
+    model_type: str
+    family: str
+    alias_of: str | None
+    renames: int
+    converters: int
+    ops: list[str]
+    requires_tensor_merging: bool
+    supported: bool
+    unsupported_reason: str | None
+
+
+class RuleList(BaseModel):
+    data: list[RuleSummary]
+    count: int
+
+
+class PreviewRequest(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "names": [
+                        "model.layers.0.block_sparse_moe.gate.weight",
+                        "model.layers.0.block_sparse_moe.experts.0.w1.weight",
+                        "model.layers.0.block_sparse_moe.experts.0.w3.weight",
+                    ],
+                    "direction": "forward",
+                }
+            ]
+        },
+    )
+    names: list[str] = Field(max_length=100_000)
+    direction: Direction = "forward"
+    config: dict[str, Any] | None = Field(None, description="config.json, for rules that depend on it")
+
+
+class PreviewEntry(BaseModel):
+    source: str
+    targets: list[str] = Field(
+        description="output name(s); a template with * for per-expert outputs of a split"
+    )
+    how: Literal["copy", "rename", "convert"]
+    rule: dict[str, Any] | None = Field(None, description="the converter that applies, as in GET /rules")
+
+
+class PreviewResponse(BaseModel):
+    model_type: str
+    direction: Direction
+    data: list[PreviewEntry]
+
+
+def ts(v: float | None) -> datetime | None:
+    return None if v is None else datetime.fromtimestamp(v, tz=UTC)
+
+
+def job_from_record(rec: dict[str, Any]) -> Job:
+    """A store record -> the API's Job (timestamps to UTC datetimes, request fields flattened)."""
+    req = rec.get("request") or {}
+    phases = {
+        name: PhaseTiming(
+            started=ts(p["started"]),  # type: ignore[arg-type]
+            finished=ts(p.get("finished")),
+            seconds=(p["finished"] - p["started"]) if p.get("finished") else None,
+        )
+        for name, p in (rec.get("phases") or {}).items()
+    }
+    return Job(
+        id=rec["id"],
+        status=rec["status"],
+        source=rec.get("source", req.get("source", "")),
+        revision=rec.get("revision", req.get("revision", "")),
+        source_sha=rec.get("source_sha") or None,
+        model_type=rec.get("model_type", ""),
+        direction=req.get("direction", "forward"),
+        dtype=req.get("dtype"),
+        dequantize=bool(req.get("dequantize", False)),
+        max_shard_size=req.get("max_shard_size", "5GB"),
+        destination=rec.get("destination") or {},
+        created_at=ts(rec["created_at"]),  # type: ignore[arg-type]
+        started_at=ts(rec.get("started_at")),
+        finished_at=ts(rec.get("finished_at")),
+        attempts=rec.get("attempts", 0),
+        progress=rec.get("progress"),
+        phases=phases,
+        plan=rec.get("plan"),
+        result=rec.get("result"),
+        error=rec.get("error"),
+    )

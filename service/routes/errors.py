@@ -1,0 +1,38 @@
+"""The error body every typed error uses, for the OpenAPI docs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+
+class ErrorDetail(BaseModel):
+    type: str
+    message: str
+    key: str | None = None
+    file: str | None = None
+    suggestions: list[str] | None = None
+
+
+class ErrorBody(BaseModel):
+    detail: ErrorDetail
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorBody, "description": "missing bearer token (when API tokens are configured)"},
+    403: {
+        "model": ErrorBody,
+        "description": "wrong token, local path outside the allowed roots, or gated repo",
+    },
+    404: {
+        "model": ErrorBody,
+        "description": "unknown job, repo, revision, local folder or model_type (with close names)",
+    },
+    409: {"model": ErrorBody, "description": "the job already finished"},
+    422: {
+        "model": ErrorBody,
+        "description": "invalid request (repo id, size, path...) or a checkpoint we refuse",
+    },
+    503: {"model": ErrorBody, "description": "Redis, the queue or the Hub is unavailable"},
+}

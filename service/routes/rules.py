@@ -1,0 +1,54 @@
+"""Rules: every model type, one model type's rules as JSON, and a name preview."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+
+from fastapi import APIRouter, Query, Response
+
+from converter.preview import preview
+from converter.rules import get_entry, model_types, rules_for
+
+from ..models import Direction, PreviewRequest, PreviewResponse, RuleList, RuleSummary
+from .errors import ERRORS
+
+router = APIRouter(tags=["rules"])
+
+
+@router.get("/rules", response_model=RuleList, summary="Every model type with a summary")
+async def list_rules(
+    q: str | None = Query(None, max_length=100, description="substring of the model type"),
+) -> Response:
+    return Response(_rule_list(q.lower() if q else ""), media_type="application/json")
+
+
+@lru_cache(maxsize=256)
+def _rule_list(q: str) -> bytes:
+    rows = [RuleSummary(**get_entry(t).summary()) for t in model_types() if q in t]
+    return RuleList(data=rows, count=len(rows)).model_dump_json().encode()
+
+
+@router.get("/rules/{model_type}", responses=ERRORS, summary="The rules of one model type, as data")
+async def get_rules(model_type: str, direction: Direction = "forward") -> Response:
+    """Exactly what the planner applies, in order: renames (``source``/``target`` name templates: whole dotted
+    components, ``*`` = expert index, ``^`` = start of the name) and converters (``sources`` -> ``targets`` through
+    ``ops``). ``direction=reverse`` gives the inverse rules."""
+    return Response(_rules_json(model_type, direction), media_type="application/json")
+
+
+@lru_cache(maxsize=1024)
+def _rules_json(model_type: str, direction: str) -> bytes:
+    """Rules are immutable data: serialised once per (model_type, direction); errors are not cached."""
+    entry = get_entry(model_type)
+    return json.dumps({**entry.summary(), **rules_for(model_type, direction=direction).to_dict()}).encode()
+
+
+@router.post(
+    "/rules/{model_type}/preview", response_model=PreviewResponse, responses=ERRORS, summary="Preview names"
+)
+def preview_names(model_type: str, body: PreviewRequest) -> PreviewResponse:
+    """What the rules make of these tensor names, without any tensor (the planner's naming)."""
+    get_entry(model_type)
+    data = preview(body.names, model_type, direction=body.direction, config=body.config)
+    return PreviewResponse(model_type=model_type, direction=body.direction, data=data)  # type: ignore[arg-type]

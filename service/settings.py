@@ -1,0 +1,75 @@
+"""All service settings in one place, from the environment (pydantic-settings).
+
+| variable | meaning |
+|---|---|
+| ``REDIS_URL`` | broker, result backend and job store; unset = ``ckpt-convert serve`` starts an embedded server |
+| ``CKPT_CONVERT_ALLOWED_LOCAL_ROOTS`` | ``:``-separated folders local sources/destinations may be under; empty = none |
+| ``CKPT_CONVERT_DATA_DIR`` | where the embedded server keeps its data (default: the user data folder) |
+| ``CKPT_CONVERT_MAX_ATTEMPTS`` | how many times a job may be started (a killed worker means a redelivery) |
+| ``CKPT_CONVERT_VISIBILITY_TIMEOUT`` | seconds before Redis redelivers an unacknowledged task; must exceed the longest task |
+| ``CKPT_CONVERT_MAX_BYTES_PER_SECOND`` | cap on each job's write rate (0 = none) |
+| ``CKPT_CONVERT_PROGRESS_INTERVAL`` | seconds between progress reports of a running job |
+| ``HF_TOKEN`` / ``HF_ENDPOINT`` | the workers' Hub token and endpoint |
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "ckpt-convert"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CKPT_CONVERT_", extra="ignore")
+
+    redis_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("REDIS_URL", "CKPT_CONVERT_REDIS_URL")
+    )
+    allowed_local_roots: str = ""
+    data_dir: Path = Field(default_factory=default_data_dir)
+    max_attempts: int = 3
+    #: a task longer than this would be redelivered while still running: large jobs fan out into per-shard tasks
+    visibility_timeout: int = 6 * 3600
+    #: how often running jobs report progress (seconds)
+    progress_interval: float = 0.25
+    #: bearer tokens accepted by the API (comma-separated); empty = no auth
+    api_tokens: str = ""
+    hf_endpoint: str | None = Field(
+        default=None, validation_alias=AliasChoices("HF_ENDPOINT", "CKPT_CONVERT_HF_ENDPOINT")
+    )
+    #: cap on each job's write rate in bytes/s (0 = none), so a shared disk or network stays usable
+    max_bytes_per_second: float = 0
+    #: largest accepted request body (bytes)
+    max_body_bytes: int = 1_000_000
+
+    @field_validator("allowed_local_roots")
+    @classmethod
+    def _strip(cls, v: str) -> str:
+        return v.strip()
+
+    @property
+    def local_roots(self) -> list[Path]:
+        return [Path(p).resolve() for p in self.allowed_local_roots.split(":") if p.strip()]
+
+    @property
+    def token_list(self) -> list[str]:
+        return [t.strip() for t in self.api_tokens.split(",") if t.strip()]
+
+    @property
+    def redis(self) -> str:
+        if not self.redis_url:
+            raise RuntimeError("REDIS_URL is not set; start the service with `ckpt-convert serve`")
+        return self.redis_url
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

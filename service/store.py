@@ -1,0 +1,309 @@
+"""The job store: one Redis hash per job, sorted sets for listing, a stream of events per job.
+
+Used by the API (create, list, cancel) and by the workers (status, progress, result). Every status change goes
+through one Lua script, so a cancel and a finish cannot both win, and the per-status indexes never disagree with
+the record. Keys (prefix ``ckc:``):
+
+| key | type | what |
+|---|---|---|
+| ``job:{id}`` | hash | the record: status, request, progress, phases, plan, result, error, timings |
+| ``jobs`` / ``jobs:status:{s}`` / ``jobs:model_type:{t}`` | zset | ids by creation time |
+| ``job:{id}:events`` | stream | status and progress events (SSE replays them) |
+| ``job:{id}:cancel`` | string | cancel flag, polled by the running task |
+| ``idem:{hash}`` / ``idemkey:{key}`` | string | idempotency: normalised request / ``Idempotency-Key`` -> job id |
+| ``workers`` | zset | worker hostname -> last heartbeat |
+| ``metrics:*`` | string/hash | bytes converted, job duration histogram |
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import redis
+
+P = "ckc:"
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
+EVENTS_MAXLEN = 2000
+DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
+JSON_FIELDS = ("request", "destination", "progress", "phases", "plan", "result", "error")
+
+# KEYS: job hash, status zset prefix. ARGV: allowed statuses (comma-separated, "*" = any non-terminal),
+# new status, id, then field/value pairs to set with the change. Returns {status before, 1 if changed else 0}.
+_TRANSITION = """
+local cur = redis.call('HGET', KEYS[1], 'status')
+if not cur then return {false, 0} end
+local ok = false
+if ARGV[1] == '*' then
+  ok = (cur == 'queued' or cur == 'running')
+else
+  for s in string.gmatch(ARGV[1], '[^,]+') do if s == cur then ok = true end end
+end
+if not ok then return {cur, 0} end
+local score = redis.call('HGET', KEYS[1], 'created_at')
+redis.call('HSET', KEYS[1], 'status', ARGV[2])
+for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('ZREM', KEYS[2] .. cur, ARGV[3])
+redis.call('ZADD', KEYS[2] .. ARGV[2], score, ARGV[3])
+return {cur, 1}
+"""
+
+
+# KEYS: idempotency key ("" = none). ARGV: id, created_at, model_type, first event, events maxlen, then the
+# record's field/value pairs. Returns {job id, 1 if created else 0}.
+_CREATE = """
+local id = ARGV[1]
+if KEYS[1] ~= '' then
+  local old = redis.call('GET', KEYS[1])
+  if old then
+    local st = redis.call('HGET', 'ckc:job:' .. old, 'status')
+    if st == 'queued' or st == 'running' or st == 'succeeded' then return {old, 0} end
+  end
+  redis.call('SET', KEYS[1], id)
+end
+local rec = {}
+for i = 6, #ARGV do rec[#rec + 1] = ARGV[i] end
+redis.call('HSET', 'ckc:job:' .. id, unpack(rec))
+redis.call('ZADD', 'ckc:jobs', ARGV[2], id)
+redis.call('ZADD', 'ckc:jobs:status:queued', ARGV[2], id)
+if ARGV[3] ~= '' then redis.call('ZADD', 'ckc:jobs:model_type:' .. ARGV[3], ARGV[2], id) end
+redis.call('XADD', 'ckc:job:' .. id .. ':events', 'MAXLEN', '~', ARGV[5], '*', 'type', 'status', 'data', ARGV[4])
+return {id, 1}
+"""
+
+
+def now() -> float:
+    return time.time()
+
+
+def _dump(v: Any) -> str:
+    return json.dumps(v, separators=(",", ":"))
+
+
+def events_key(job_id: str) -> str:
+    return P + f"job:{job_id}:events"
+
+
+def _list_keys(status: str | None, model_type: str | None) -> list[str]:
+    """The sorted set(s) whose intersection holds the matching job ids."""
+    keys = []
+    if status:
+        keys.append(P + "jobs:status:" + status)
+    if model_type:
+        keys.append(P + "jobs:model_type:" + model_type)
+    return keys or [P + "jobs"]
+
+
+class JobStore:
+    def __init__(self, url_or_client: str | redis.Redis) -> None:
+        if isinstance(url_or_client, str):
+            self.r = redis.Redis.from_url(url_or_client, decode_responses=True, health_check_interval=30)
+        else:
+            self.r = url_or_client
+        self._transition = self.r.register_script(_TRANSITION)
+        self._create = self.r.register_script(_CREATE)
+
+    # --- records ---------------------------------------------------------------------------------------------
+
+    def create(self, fields: Mapping[str, Any], *, idem_hash: str | None = None) -> tuple[str, bool]:
+        """Create a queued job; with ``idem_hash``, return ``(existing_id, False)`` if a live job (queued,
+        running or succeeded) has that hash. One round trip (a Lua script), so duplicates are cheap."""
+        job_id = uuid.uuid4().hex
+        t = now()
+        record = {"id": job_id, "status": "queued", "created_at": repr(t), "attempts": "0"}
+        for k, v in fields.items():
+            record[k] = _dump(v) if k in JSON_FIELDS else str(v)
+        mt = str(fields.get("model_type") or "")
+        args: list[str] = [job_id, repr(t), mt, _dump({"status": "queued"}), str(EVENTS_MAXLEN)]
+        for k, v in record.items():
+            args += [k, v]
+        existing, created = self._create(keys=[P + "idem:" + idem_hash if idem_hash else ""], args=args)
+        return str(existing), bool(created)
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        raw = self.r.hgetall(P + "job:" + job_id)
+        return self._decode(raw) if raw else None
+
+    def get_many(self, ids: Iterable[str]) -> list[dict[str, Any]]:
+        pipe = self.r.pipeline(transaction=False)
+        for i in ids:
+            pipe.hgetall(P + "job:" + i)
+        return [self._decode(raw) for raw in pipe.execute() if raw]
+
+    @staticmethod
+    def _decode(raw: Mapping[str, str]) -> dict[str, Any]:
+        out: dict[str, Any] = dict(raw)
+        for k in JSON_FIELDS:
+            if k in out:
+                out[k] = json.loads(out[k])
+        for k in ("created_at", "started_at", "finished_at"):
+            if k in out:
+                out[k] = float(out[k])
+        out["attempts"] = int(out.get("attempts", 0))
+        return out
+
+    def list_jobs(
+        self, *, status: str | None = None, model_type: str | None = None, skip: int = 0, limit: int = 50
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Newest first, filtered; returns (page, total matching)."""
+        keys = _list_keys(status, model_type)
+        if len(keys) == 1:
+            count = self.r.zcard(keys[0])
+            ids = self.r.zrevrange(keys[0], skip, skip + limit - 1)
+        else:
+            pairs = sorted(
+                self.r.zinter(keys, withscores=True, aggregate="MAX"), key=lambda p: p[1], reverse=True
+            )
+            count, ids = len(pairs), [i for i, _ in pairs[skip : skip + limit]]
+        return self.get_many(ids), count
+
+    def counts_by_status(self) -> dict[str, int]:
+        pipe = self.r.pipeline()
+        for s in STATUSES:
+            pipe.zcard(P + "jobs:status:" + s)
+        return dict(zip(STATUSES, pipe.execute(), strict=True))
+
+    # --- changes ---------------------------------------------------------------------------------------------
+
+    def transition(self, job_id: str, allowed: str | Iterable[str], new: str, **fields: Any) -> bool:
+        """Set ``status = new`` (and ``fields``) only if the current status is in ``allowed``; emit an event."""
+        allowed_s = allowed if isinstance(allowed, str) else ",".join(allowed)
+        args: list[str] = [allowed_s, new, job_id]
+        for k, v in fields.items():
+            args += [k, _dump(v) if k in JSON_FIELDS else str(v)]
+        _, changed = self._transition(keys=[P + "job:" + job_id, P + "jobs:status:"], args=args)
+        if changed:
+            payload = {"status": new, **{k: v for k, v in fields.items() if k in ("error", "result")}}
+            self.event(job_id, "status", payload)
+            if new in TERMINAL:
+                self.event(job_id, "end", {"status": new})
+        return bool(changed)
+
+    def update(self, job_id: str, **fields: Any) -> None:
+        self.r.hset(
+            P + "job:" + job_id,
+            mapping={k: _dump(v) if k in JSON_FIELDS else str(v) for k, v in fields.items()},
+        )
+
+    def incr_attempts(self, job_id: str) -> int:
+        return int(self.r.hincrby(P + "job:" + job_id, "attempts", 1))
+
+    def progress(self, job_id: str, progress: Mapping[str, Any]) -> None:
+        pipe = self.r.pipeline()
+        pipe.hset(P + "job:" + job_id, "progress", _dump(progress))
+        pipe.xadd(
+            P + f"job:{job_id}:events",
+            {"type": "progress", "data": _dump(progress)},
+            maxlen=EVENTS_MAXLEN,
+            approximate=True,
+        )
+        pipe.execute()
+
+    def event(self, job_id: str, kind: str, data: Mapping[str, Any]) -> None:
+        self.r.xadd(
+            P + f"job:{job_id}:events",
+            {"type": kind, "data": _dump(data)},
+            maxlen=EVENTS_MAXLEN,
+            approximate=True,
+        )
+
+    def events_key(self, job_id: str) -> str:
+        return events_key(job_id)
+
+    # --- cancel --------------------------------------------------------------------------------------------------
+
+    def request_cancel(self, job_id: str) -> None:
+        self.r.set(P + f"job:{job_id}:cancel", "1", ex=7 * 24 * 3600)
+
+    def cancel_requested(self, job_id: str) -> bool:
+        return bool(self.r.exists(P + f"job:{job_id}:cancel"))
+
+    # --- idempotency keys --------------------------------------------------------------------------------------
+
+    def idempotency_key(
+        self, key: str, request_hash: str, job_id: str | None = None
+    ) -> tuple[str, str] | None:
+        """Look up (and with ``job_id``, claim) an ``Idempotency-Key``: returns (job id, request hash) if taken."""
+        k = P + "idemkey:" + key
+        if job_id is None:
+            v = self.r.get(k)
+        else:
+            v = (
+                None
+                if self.r.set(k, f"{job_id}:{request_hash}", nx=True, ex=7 * 24 * 3600)
+                else self.r.get(k)
+            )
+        if v is None:
+            return None
+        jid, _, h = v.partition(":")
+        return jid, h
+
+    # --- locks, workers, metrics ---------------------------------------------------------------------------------
+
+    def lock(self, job_id: str, owner: str, ttl: int) -> bool:
+        return bool(self.r.set(P + f"job:{job_id}:lock", owner, nx=True, ex=ttl))
+
+    def refresh_lock(self, job_id: str, owner: str, ttl: int) -> None:
+        key = P + f"job:{job_id}:lock"
+        if self.r.get(key) == owner:
+            self.r.expire(key, ttl)
+
+    def unlock(self, job_id: str, owner: str) -> None:
+        key = P + f"job:{job_id}:lock"
+        if self.r.get(key) == owner:
+            self.r.delete(key)
+
+    def heartbeat(self, worker: str) -> None:
+        self.r.zadd(P + "workers", {worker: now()})
+
+    def workers_alive(self, within: float = 30.0) -> list[str]:
+        return list(self.r.zrangebyscore(P + "workers", now() - within, "+inf"))
+
+    def record_finished(self, nbytes: int, seconds: float) -> None:
+        pipe = self.r.pipeline()
+        pipe.incrby(P + "metrics:bytes_converted", nbytes)
+        for b in DURATION_BUCKETS:
+            if seconds <= b:
+                pipe.hincrby(P + "metrics:duration", str(b), 1)
+        pipe.hincrby(P + "metrics:duration", "+Inf", 1)
+        pipe.hincrbyfloat(P + "metrics:duration", "sum", seconds)
+        pipe.execute()
+
+    def metrics(self) -> tuple[int, dict[str, float]]:
+        pipe = self.r.pipeline()
+        pipe.get(P + "metrics:bytes_converted")
+        pipe.hgetall(P + "metrics:duration")
+        b, d = pipe.execute()
+        return int(b or 0), {k: float(v) for k, v in (d or {}).items()}
+
+
+class AsyncJobReader:
+    """The API's read path (GET /jobs, GET /jobs/{id}) on an asyncio client: no thread hop per request."""
+
+    def __init__(self, client: Any) -> None:
+        self.r = client
+
+    async def get(self, job_id: str) -> dict[str, Any] | None:
+        raw = await self.r.hgetall(P + "job:" + job_id)
+        return JobStore._decode(raw) if raw else None
+
+    async def list_jobs(
+        self, *, status: str | None = None, model_type: str | None = None, skip: int = 0, limit: int = 50
+    ) -> tuple[list[dict[str, Any]], int]:
+        keys = _list_keys(status, model_type)
+        if len(keys) == 1:
+            count = await self.r.zcard(keys[0])
+            ids = await self.r.zrevrange(keys[0], skip, skip + limit - 1)
+        else:
+            pairs = sorted(
+                await self.r.zinter(keys, withscores=True, aggregate="MAX"), key=lambda p: p[1], reverse=True
+            )
+            count, ids = len(pairs), [i for i, _ in pairs[skip : skip + limit]]
+        pipe = self.r.pipeline(transaction=False)
+        for i in ids:
+            pipe.hgetall(P + "job:" + i)
+        return [JobStore._decode(raw) for raw in await pipe.execute() if raw], count

@@ -1,0 +1,104 @@
+"""docker-compose.yml and the Dockerfile, checked statically (no Docker engine runs here), and proof that the
+commands they run are the commands the integration tests run (``service.launcher``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from service.launcher import api_command, worker_command
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+_Loader.add_constructor("!reset", lambda loader, node: None)  # compose's merge tag
+
+
+def compose(name: str = "docker-compose.yml") -> dict:
+    return yaml.load((ROOT / name).read_text(), Loader=_Loader)  # noqa: S506 - SafeLoader subclass
+
+
+def as_python(cmd: list[str]) -> list[str]:
+    """The launcher runs ``sys.executable``; containers run ``python``."""
+    return ["python", *cmd[1:]]
+
+
+def test_compose_runs_the_tested_commands():
+    s = compose()["services"]
+    assert s["api"]["command"] == as_python(api_command("0.0.0.0", 8000, workers=2))
+    assert s["worker"]["command"] == as_python(worker_command(1))
+
+
+def test_compose_structure():
+    doc = compose()
+    s = doc["services"]
+    assert set(s) == {"redis", "api", "worker"}
+    # Redis with AOF persistence on a named volume
+    cmd = s["redis"]["command"]
+    assert cmd[cmd.index("--appendonly") + 1] == "yes"
+    assert any(v.startswith("redis-data:") for v in s["redis"]["volumes"]) and "redis-data" in doc["volumes"]
+    for name in ("api", "worker"):
+        env = s[name]["environment"]
+        assert env["REDIS_URL"] == "redis://redis:6379/0"
+        assert s[name]["depends_on"]["redis"]["condition"] == "service_healthy"
+        assert "/data" in env["CKPT_CONVERT_ALLOWED_LOCAL_ROOTS"]
+    for name in s:
+        assert s[name]["healthcheck"]["test"][0] == "CMD"
+    # --scale worker=N: no fixed name and no host port on the worker
+    assert "container_name" not in s["worker"] and "ports" not in s["worker"]
+    gpu = s["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"]
+    assert s["api"]["ports"] == ["8000:8000"]
+    # the worker image is the api's image (built once)
+    assert s["worker"]["image"] == s["api"]["image"] and "build" in s["api"]
+    # the worker healthcheck is a module of ours
+    assert s["worker"]["healthcheck"]["test"] == ["CMD", "python", "-m", "worker.health"]
+    import worker.health  # noqa: F401
+
+
+def test_cpu_override_drops_the_gpu_reservation():
+    over = compose("compose.cpu.yml")
+    assert over["services"]["worker"]["deploy"] is None  # `!reset {}`
+
+
+def dockerfile_instructions() -> list[str]:
+    """Logical instructions: comments dropped, ``\\`` continuations joined."""
+    out, cur = [], ""
+    for ln in (ROOT / "Dockerfile").read_text().splitlines():
+        ln = ln.strip()
+        if not ln or ln.startswith("#"):
+            continue
+        cur += ln[:-1] + " " if ln.endswith("\\") else ln
+        if not ln.endswith("\\"):
+            out.append(cur)
+            cur = ""
+    assert not cur, "dangling line continuation"
+    return out
+
+
+def test_dockerfile():
+    ins = dockerfile_instructions()
+    assert ins[0].startswith("FROM python:3.11")
+    assert {i.split()[0] for i in ins} <= {
+        "FROM",
+        "ARG",
+        "ENV",
+        "WORKDIR",
+        "RUN",
+        "COPY",
+        "USER",
+        "EXPOSE",
+        "CMD",
+    }
+    torch = next(i for i in ins if "torch==" in i)
+    assert '"torch==2.13.0"' in torch and "--index-url" in torch  # never an unpinned CUDA torch from PyPI
+    for pkg in ("converter", "service", "worker"):
+        assert f"COPY {pkg} ./{pkg}" in ins
+    assert any(i.startswith("USER ") and i != "USER root" for i in ins)
+    cmd = next(i for i in ins if i.startswith("CMD "))
+    assert yaml.safe_load(cmd[4:]) == compose()["services"]["api"]["command"]
