@@ -341,3 +341,55 @@ def test_openapi_documents_every_route(svc):
             assert paths[path][m].get("summary")
     assert "404" in paths["/jobs/{job_id}"]["get"]["responses"]
     assert spec["components"]["schemas"]["ConvertRequest"].get("examples")
+
+
+# --- the task's own guards (run in-process against the same Redis) -----------------------------------------------
+
+
+def test_attempts_are_capped_and_a_busy_job_is_not_run_twice(svc):
+    from helpers import MIXTRAL_CONFIG, mixtral_tensors, write_checkpoint
+
+    from service.settings import Settings
+    from worker.job import JobBusy, run_job
+
+    src = write_checkpoint(svc.root / "guards", mixtral_tensors(), config=MIXTRAL_CONFIG)
+    fields = {"request": {"source": str(src)}, "source": str(src), "source_kind": "local", "model_type": "mixtral",
+              "destination": {"local_path": str(svc.root / "guards_out")}}  # fmt: skip
+    settings = Settings(redis_url=svc.valkey.url, max_attempts=2)
+    # another delivery holds the job's lock: this one must not run it
+    busy, _ = svc.store.create(fields)
+    assert svc.store.lock(busy, "someone-else", 30)
+    with pytest.raises(JobBusy):
+        run_job(svc.store, busy, settings, worker="test")
+    assert svc.store.get(busy)["status"] == "queued"
+    # a job whose workers kept dying: the third start fails it instead of looping
+    lost, _ = svc.store.create(fields)
+    svc.store.update(lost, attempts=2)
+    assert run_job(svc.store, lost, settings, worker="test") == "failed"
+    rec = svc.store.get(lost)
+    assert rec["error"]["type"] == "WorkerLostError" and rec["attempts"] == 3
+    assert not (svc.root / "guards_out").exists()
+    # a finished job is left alone when delivered again
+    assert run_job(svc.store, lost, settings, worker="test") == "failed"
+    assert svc.store.get(lost)["attempts"] == 3
+
+
+def test_worker_command_needs_redis_url():
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
+    r = subprocess.run(
+        [sys.executable, "-m", "service.cli", "worker"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 2 and "REDIS_URL" in r.stderr
+
+
+def test_worker_healthcheck(svc):
+    import subprocess
+    import sys
+
+    r = subprocess.run(
+        [sys.executable, "-m", "worker.health"], env=svc.env, capture_output=True, text=True, timeout=60
+    )
+    assert r.returncode == 0 and r.stdout.startswith("ok: w1@")
