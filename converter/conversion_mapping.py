@@ -16,7 +16,8 @@ from typing import Any
 
 from .errors import UnsupportedError
 from .rules import LEGACY, REGISTRY, compile_template
-from .rules.core import RegexRename, Rename, Rule, applies, template_body
+from .rules.core import Convert, RegexRename, Rename, Rule, applies, template_body
+from .rules.quantization import fp8_renames, fp8_scale_converters
 
 #: model types whose conversion needs tensor ops (stacking experts, concatenating, transposing), not only renames
 MODELS_REQUIRING_TENSOR_MERGING: frozenset[str] = frozenset(
@@ -52,17 +53,29 @@ def get_checkpoint_conversion_mapping(model_type: str) -> list[Rule] | None:
 
 
 def rename_regex(rule: Rename) -> tuple[str, str]:
-    """A rename as ``(regex, replacement)`` for ``re.sub(regex, replacement, name, count=1)``."""
-    rx = compile_template(rule.source).regex.pattern
+    """A rename as ``(regex, replacement)`` for ``re.sub(regex, replacement, name, count=1)`` (a scoped rename
+    keeps the scope and what precedes the match in group 1)."""
+    ct = compile_template(rule.source)
+    rx, shift = ct.regex.pattern, 0
+    if rule.scope:
+        head = re.escape(rule.scope) + r"\."
+        inner = rule.source.lstrip("^").startswith(".")
+        rx = (
+            f"^({head})" + ct.body.pattern
+            if ct.anchored
+            else f"^({head}(?:.*\\.){'' if inner else '?'})" + ct.body.pattern
+        )
+        shift = 1
     target = template_body(rule.target)
-    n = 0
+    n = shift
 
     def group(_: re.Match[str]) -> str:
         nonlocal n
         n += 1
         return f"\\{n}"
 
-    return rx, re.sub(r"\*", group, target)
+    repl = re.sub(r"\*", group, target)
+    return rx, (r"\1" + repl if shift else repl)
 
 
 def get_combined_key_mapping(
@@ -77,7 +90,7 @@ def get_combined_key_mapping(
         return dict(VLM_KEY_MAPPINGS[model_type])
     out: dict[str, str] = dict(model_key_mapping or {})
     for r in get_checkpoint_conversion_mapping(model_type) or []:
-        if isinstance(r, Rename):
+        if isinstance(r, Rename) and not r.index_offset:  # an index offset is no regex substitution
             rx, repl = rename_regex(r)
             out.setdefault(rx, repl)
     return out or None
@@ -110,13 +123,29 @@ def get_model_conversion_mapping(
 
     ``model_or_config``: a transformers model or config, a ``config.json`` dict, or a path to one (or its folder).
     """
-    if hf_quantizer is not None:
-        raise UnsupportedError("pre-quantized checkpoints are not supported by these rules yet")
     config = _config_of(model_or_config)
-    rules: list[Rule] = [RegexRename(k, v) for k, v in (key_mapping or {}).items()]
+    method, dequantize = _quantizer(hf_quantizer)
+    rules: list[Rule] = list(fp8_renames(())) if method == "fp8" else []
+    rules.extend(RegexRename(k, v) for k, v in (key_mapping or {}).items())
     entry = REGISTRY.get(config.get("model_type"))  # type: ignore[arg-type]
     if entry is not None:
-        rules.extend(r for r in entry.rules if applies(r, config))
+        own = [r for r in entry.rules if applies(r, config)]
+        if method == "fp8" and not dequantize:  # scale grids merged like their weights
+            own = [x for r in own for x in (fp8_scale_converters([r]) if isinstance(r, Convert) else [r])]
+        rules.extend(own)
     if add_legacy:
         rules.extend(LEGACY)
     return rules
+
+
+def _quantizer(hf_quantizer: Any) -> tuple[str | None, bool]:
+    """(quant_method, dequantize) of a transformers quantizer (or its config, or a quantization_config dict)."""
+    if hf_quantizer is None:
+        return None, False
+    qc = getattr(hf_quantizer, "quantization_config", hf_quantizer)
+    get = qc.get if isinstance(qc, Mapping) else lambda k, d=None: getattr(qc, k, d)
+    method = get("quant_method")
+    method = getattr(method, "value", method)
+    if method not in ("fp8", "mxfp4"):
+        raise UnsupportedError(f"pre-quantized {method!r} checkpoints are not supported (fp8, mxfp4 are)")
+    return str(method), bool(get("dequantize", False))

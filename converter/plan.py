@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,9 +30,16 @@ from .errors import (
 )
 from .layout import Piece, VirtualTensor, from_file
 from .rules import REGISTRY, get_entry, rules_for
-from .rules.core import Convert, RuleSet, fill_stars, keep_fp32_matches, template_body
+from .rules.core import Convert, Rename, RuleSet, fill_stars, keep_fp32_matches, template_body
 from .rules.ops import OpContext, Slot, cast
-from .safetensors_io import DTYPE_ALIASES, FLOAT_DTYPES, CheckpointIndex, TensorInfo, parse_size, shard_name
+from .rules.quantization import (
+    check_fp8_scales_follow,
+    dequantize_tensors,
+    dequantized_config,
+    fp8_renames,
+    quantization_of,
+)
+from .safetensors_io import DTYPE_ALIASES, FLOAT_DTYPES, CheckpointIndex, parse_size, shard_name
 from .storage import Source, open_source
 
 DEFAULT_MAX_SHARD_SIZE = "5GB"
@@ -111,11 +118,16 @@ class Plan:
     config: dict[str, Any] | None = None
     max_shard_size: int = 0
     warnings: list[str] = field(default_factory=list)
+    #: config.json to write instead of copying the source's (a dequantized checkpoint drops quantization_config)
+    output_config: dict[str, Any] | None = None
+    #: the checkpoint's quantization (``"fp8"``, ``"mxfp4"``) and whether this plan dequantizes it
+    quantization: str | None = None
+    dequantize: bool = False
 
     @property
     def is_noop(self) -> bool:
         """True when the checkpoint is already in the target layout: every tensor kept, same name, same bytes."""
-        return all(t.how == "copy" for t in self.tensors)
+        return self.output_config is None and all(t.how == "copy" for t in self.tensors)
 
     @property
     def total_bytes(self) -> int:
@@ -148,6 +160,8 @@ class Plan:
             "bytes_out": self.total_bytes,
             "bytes_computed": self.computed_bytes,
             "counts": self.counts(),
+            "quantization": self.quantization,
+            "dequantize": self.dequantize,
             "warnings": list(self.warnings),
         }
 
@@ -229,15 +243,27 @@ def _build_slots(g: _Group, conv: Convert) -> list[Slot]:
     return slots
 
 
+def source_tensors(index: CheckpointIndex) -> dict[str, VirtualTensor]:
+    """Every tensor of ``index`` as a byte range of its shard."""
+    return {
+        name: from_file(name, t.dtype, t.shape, t.file, t.offset, t.length)
+        for name, t in index.tensors.items()
+    }
+
+
 def build_tensors(
     index: CheckpointIndex,
     rules: RuleSet,
     *,
     config: Mapping[str, Any] | None = None,
     dtype: str | None = None,
+    tensors: Mapping[str, VirtualTensor] | None = None,
 ) -> list[PlannedTensor]:
-    """Apply ``rules`` to every tensor of ``index``; returns the output tensors in natural name order."""
+    """Apply ``rules`` to every tensor of ``index`` (or to ``tensors``, e.g. dequantized ones); returns the
+    output tensors in natural name order."""
     forward = rules.direction == "forward"
+    inputs = source_tensors(index) if tensors is None else tensors
+    rules = rules.bind(inputs)
     outputs: dict[str, PlannedTensor] = {}
     groups: dict[tuple[int, str, str], _Group] = {}
 
@@ -249,14 +275,13 @@ def build_tensors(
             )
         outputs[name] = PlannedTensor(name, vt, how, rule)
 
-    for name in sorted(index.tensors, key=natural_key):
-        info: TensorInfo = index.tensors[name]
-        vt = from_file(name, info.dtype, info.shape, info.file, info.offset, info.length)
+    for name in sorted(inputs, key=natural_key):
+        vt = inputs[name]
         renamed = rules.rename(name) if forward else name
         hit = rules.find_converter(renamed)
         if hit is None:
             out = renamed if forward else rules.rename(name)
-            add(out, vt, "copy" if out == name else "rename")
+            add(out, vt, ("copy" if out == name else "rename") if vt.is_copy else "convert")
             continue
         ci, si, m = hit
         stars = [int(x) for x in m.groups()]
@@ -269,7 +294,7 @@ def build_tensors(
     for (ci, prefix, suffix), g in sorted(groups.items(), key=lambda kv: natural_key(kv[0][1] + kv[0][2])):
         conv = rules.converters[ci]
         label = _display(prefix, conv.targets[0].replace("*", "0"), suffix)
-        ctx = OpContext(key=label, n_targets=len(conv.targets), config=config)
+        ctx = OpContext(label, len(conv.targets), config, conv.sources, conv.targets)
         slots = _build_slots(g, conv)
         for op in conv.ops:
             slots = op.apply(slots, ctx)
@@ -283,7 +308,8 @@ def build_tensors(
                 if (idx is None) != ("*" not in target):
                     raise ShapeError(f"{label}: target {target!r} and op outputs disagree on '*'", key=label)
                 out = _display(prefix, target, suffix, idx)
-                add(out if forward else rules.rename(out), vt, "convert", ci)
+                out = out if forward else rules.rename(out)
+                add(out, vt, "copy" if _unchanged(index, out, vt) else "convert", ci)
 
     result = [outputs[k] for k in sorted(outputs, key=natural_key)]
     if dtype is not None:
@@ -291,9 +317,20 @@ def build_tensors(
     return result
 
 
+def _unchanged(index: CheckpointIndex, name: str, vt: VirtualTensor) -> bool:
+    """A converter output that is its source as is, same name (``Transpose(check_dims)`` on the target layout)."""
+    src = index.tensors.get(name)
+    return (
+        src is not None
+        and (vt.dtype, tuple(vt.shape)) == (src.dtype, tuple(src.shape))
+        and vt.pieces == (Piece(src.file, src.offset, src.length),)
+    )
+
+
 def _cast(t: PlannedTensor, dtype: str, rules: RuleSet) -> PlannedTensor:
-    """transformers' dtype policy: floats go to ``dtype``, except the params it keeps in float32."""
-    if t.dtype not in FLOAT_DTYPES:
+    """transformers' dtype policy: floats go to ``dtype``, except the params it keeps in float32 (and the scale
+    grids of quantized weights, which its quantizers keep as they are)."""
+    if t.dtype not in FLOAT_DTYPES or t.name.endswith("_scale_inv"):
         return t
     keep = rules.keep_fp32 + (rules.keep_fp32_for_fp16 if dtype == "F16" else ())
     target = "F32" if dtype in ("BF16", "F16") and keep_fp32_matches(t.name, keep) else dtype
@@ -359,21 +396,45 @@ def plan(
     config: Mapping[str, Any] | None = None,
     key_mapping: Mapping[str, str] | None = None,
     add_legacy: bool = True,
+    dequantize: bool = False,
 ) -> Plan:
     """Plan the conversion of the checkpoint at ``source`` from its headers alone.
 
     ``direction="forward"`` converts the published layout to the one transformers loads; ``"reverse"`` goes back.
-    ``dtype`` (``bf16``/``fp16``/``fp32``) casts floats as ``from_pretrained(dtype=...)`` does. Raises a typed
-    :class:`~converter.errors.ConversionError` naming the tensor for anything that would make the output wrong.
+    ``dtype`` (``bf16``/``fp16``/``fp32``) casts floats as ``from_pretrained(dtype=...)`` does. A pre-quantized
+    checkpoint (FP8, MXFP4: ``quantization_config`` in config.json) stays quantized, its scales merged like its
+    weights; ``dequantize=True`` dequantizes it as transformers does (to ``dtype``, else config.json's ``dtype``,
+    else bf16). Raises a typed :class:`~converter.errors.ConversionError` naming the tensor for anything that
+    would make the output wrong.
     """
     src = open_source(source)
     if config is None:
         config = src.read_config()
     mt = resolve_model_type(model_type, config, src.description)
-    rules = rules_for(mt, direction=direction, config=config, add_legacy=add_legacy, key_mapping=key_mapping)
     index = src.read_index()
     d = normalize_dtype(dtype)
-    tensors = build_tensors(index, rules, config=config, dtype=d)
+    quant = quantization_of(config)
+    if dequantize and quant is None:
+        raise UnsupportedError("--dequantize: config.json has no quantization_config", file="config.json")
+    prepend = fp8_renames(index.tensors) if quant is not None and quant.method == "fp8" else ()
+    rules = rules_for(
+        mt,
+        direction=direction,
+        config=config,
+        add_legacy=add_legacy,
+        key_mapping=key_mapping,
+        prepend=prepend,
+        fp8_scales=quant is not None and quant.method == "fp8" and not dequantize,
+    )
+    inputs = source_tensors(index)
+    output_config = None
+    if quant is not None and dequantize:
+        pairing = {n: r for n in inputs if (r := _apply(prepend, n)) != n}
+        inputs = dequantize_tensors(inputs, quant, d or _config_dtype(config), names_for_pairing=pairing)
+        output_config = dequantized_config(config or {})
+    tensors = build_tensors(index, rules, config=config, dtype=d, tensors=inputs)
+    if quant is not None and quant.method == "fp8" and not dequantize:
+        check_fp8_scales_follow(tensors, rules)
     size = parse_size(max_shard_size)
     return Plan(
         source=src.description,
@@ -386,7 +447,24 @@ def plan(
         source_index=index,
         config=dict(config) if config else None,
         max_shard_size=size,
+        output_config=output_config,
+        quantization=quant.method if quant is not None else None,
+        dequantize=bool(quant is not None and dequantize),
     )
+
+
+def _apply(renames: Iterable[Rename], name: str) -> str:
+    for r in renames:
+        name = r.apply(name)
+    return name
+
+
+def _config_dtype(config: Mapping[str, Any] | None) -> str:
+    """The dtype transformers loads a checkpoint in by default: config.json's ``dtype`` (``torch_dtype``), else
+    bfloat16."""
+    raw = (config or {}).get("dtype") or (config or {}).get("torch_dtype")
+    d = DTYPE_ALIASES.get(str(raw).lower()) if raw else None
+    return d if d in ("BF16", "F16", "F32") else "BF16"
 
 
 __all__ = [

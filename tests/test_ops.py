@@ -182,3 +182,107 @@ def test_every_op_is_json_and_has_an_inverse(op):
     if op.op_name not in ("fp8_dequantize", "mxfp4_dequantize", "split"):
         assert inv.inverse == op
     assert op.describe()
+
+
+# --- ops that mirror transformers' own: compared with transformers' implementation -------------------------------
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+@pytest.mark.parametrize("shape", [(24, 5), (24,)])
+def test_permute_for_rope_is_transformers(vts, shape, inverse):
+    ops = pytest.importorskip("transformers.core_model_loading")
+    t = rand(*shape)
+    vt, r = vts({"t": t})
+    config = {"vision_config": {"num_attention_heads": 3}}
+    ctx = OpContext("t", 1, config, ("attention.wq",), ("attention.q_proj",))
+    (out,) = PermuteForRope("vision_config", (), inverse).apply([vt["t"]], ctx)
+    assert out.is_copy  # a row permutation: pieces only
+
+    class Cfg:
+        class vision_config:  # noqa: N801 - a config stand-in
+            num_attention_heads = 3
+
+    want = ops.PermuteForRope("vision_config", None, inverse)._permute_for_rope(t.clone(), Cfg)
+    assert torch.equal(evaluate(out, r), want)
+    (back,) = PermuteForRope("vision_config", (), inverse).inverse.apply([out], ctx)
+    assert torch.equal(evaluate(back, r), t)
+
+
+def test_permute_for_rope_only_the_named_slots(vts):
+    qkv = {n: rand(8, 4, seed=i) for i, n in enumerate("qkv")}
+    vt, r = vts(qkv)
+    ctx = OpContext(
+        "t", 3, {"num_attention_heads": 2}, ("wqkv",), ("attn.q_proj", "attn.k_proj", "attn.v_proj")
+    )
+    q, k, v = PermuteForRope(None, ("q_proj", "k_proj")).apply([vt["q"], vt["k"], vt["v"]], ctx)
+    assert v is vt["v"] and not torch.equal(evaluate(q, r), qkv["q"])
+    with pytest.raises(Exception, match="num_attention_heads"):
+        PermuteForRope("vision_config").apply(
+            [vt["q"]], OpContext("t", 1, {"vision_config": {}}, ("a",), ("b",))
+        )
+
+
+def test_ernie_fuse_and_split_is_transformers(vts):
+    ops = pytest.importorskip("transformers.core_model_loading")
+    gate = [rand(6 if e < 2 else 4, 5, seed=e) for e in range(4)]  # 2 text experts (6 rows), 2 vision (4)
+    up = [rand(6 if e < 2 else 4, 5, seed=10 + e) for e in range(4)]
+    vt, r = vts({**{f"g{e}": t for e, t in enumerate(gate)}, **{f"u{e}": t for e, t in enumerate(up)}})
+    op = ErnieFuseAndSplitTextVisionExperts(0, 1)
+    slots = [[vt[f"g{e}"] for e in range(4)], [vt[f"u{e}"] for e in range(4)]]
+    text, vision = op.apply(slots, OpContext("t", 2))
+    want = ops.ErnieFuseAndSplitTextVisionExperts(0, 1).convert(
+        {"g": gate, "u": up}, source_patterns=["g", "u"], target_patterns=["text", "vision"], config=None
+    )
+    assert text.is_copy and torch.equal(evaluate(text, r), want["text"])
+    assert torch.equal(evaluate(vision, r), want["vision"])
+    g, u = op.inverse.apply([text, vision], OpContext("t", 2))
+    assert [torch.equal(evaluate(x, r), y) for x, y in zip(g + u, gate + up, strict=True)] == [True] * 8
+
+
+def test_transpose_check_dims_decides_from_the_config(vts):
+    vt, r = vts({"hub": rand(4, 8, 12), "model": rand(4, 12, 8), "square": rand(4, 8, 8)})
+    op = Transpose(1, 2, check_dims=True, shape=("*", "2*moe_intermediate_size", "hidden_size"))
+    config = {"text_config": {"hidden_size": 8, "moe_intermediate_size": 6}}
+    (flipped,) = run(op, [vt["hub"]], config=config)
+    assert flipped.shape == (4, 12, 8) and torch.equal(
+        evaluate(flipped, r), evaluate(vt["hub"], r).transpose(1, 2)
+    )
+    (kept,) = run(op, [vt["model"]], config=config)
+    assert kept is vt["model"]
+    from converter.rules.ops import AmbiguousShapeError
+
+    with pytest.raises(AmbiguousShapeError, match="square"):
+        run(op, [vt["square"]], config={"hidden_size": 8, "moe_intermediate_size": 4})
+    # the inverse writes the Hub's transposed layout back
+    (back,) = run(op.inverse, [kept], config=config)
+    assert back.shape == (4, 8, 12)
+
+
+@pytest.mark.parametrize("scale_dtype", [torch.float32, torch.uint8])
+@pytest.mark.parametrize("lead", [(), (3,)])
+def test_fp8_dequantize_is_transformers(vts, lead, scale_dtype):
+    fp8 = pytest.importorskip("transformers.integrations.finegrained_fp8")
+    w = (rand(*lead, 16, 24, dtype=torch.float32) * 4).to(torch.float8_e4m3fn)
+    if scale_dtype == torch.uint8:
+        s = torch.randint(
+            118, 130, (*lead, 2, 3), generator=torch.Generator().manual_seed(1), dtype=torch.uint8
+        )
+    else:
+        s = rand(*lead, 2, 3, dtype=torch.float32).abs()
+    vt, r = vts({"w": w, "s": s})
+    (out,) = run(Fp8Dequantize("BF16"), [vt["w"], vt["s"]])
+    want = fp8.Fp8Dequantize(None)._dequantize_one(w, s, output_dtype=torch.bfloat16)
+    assert torch.equal(evaluate(out, r).view(torch.int16), want.view(torch.int16))
+    assert out.pieces[0].source.slice_bytes < out.nbytes  # one block row at a time
+
+
+def test_mxfp4_dequantize_is_transformers(vts):
+    mx = pytest.importorskip("transformers.integrations.mxfp4")
+    g = torch.Generator().manual_seed(0)
+    blocks = torch.randint(0, 256, (3, 8, 2, 16), generator=g, dtype=torch.uint8)
+    scales = torch.randint(110, 140, (3, 8, 2), generator=g, dtype=torch.uint8)
+    vt, r = vts({"b": blocks, "s": scales})
+    (out,) = run(Mxfp4Dequantize("BF16"), [vt["b"], vt["s"]])
+    want = mx.convert_moe_packed_tensors(blocks, scales, dtype=torch.bfloat16)
+    assert out.shape == tuple(want.shape) == (3, 64, 8)
+    assert torch.equal(evaluate(out, r).view(torch.int16), want.view(torch.int16))

@@ -3,10 +3,14 @@ bit for bit, for every registered model type that ``tiny_models`` can build; and
 
 For each model type (a tiny random model saved in the published Hub layout, many shards):
   forward   our output == ``from_pretrained(published).state_dict()`` (names, dtypes, shapes, bytes),
-            and transformers loads our output to the same state dict;
+            and transformers loads our output to the same state dict (a type whose published layout already is
+            the model layout, e.g. gpt_oss, plans to a no-op);
   reverse   converting our output back gives the published tensors exactly;
   grouped   transformers' own ``save_pretrained(save_original_format=False)`` plans to a no-op forward, and
-            converts back to the published tensors.
+            converts back to the published tensors;
+  dtype     ``--dtype fp16/fp32`` equals ``from_pretrained(dtype=...)``.
+
+A model type that ``tiny_models`` builds but the registry marks unsupported must be refused, never converted.
 """
 
 from __future__ import annotations
@@ -19,14 +23,16 @@ tm = pytest.importorskip("tiny_models")  # needs transformers (a dev dependency)
 from helpers import assert_same_tensors, read_tensors  # noqa: E402
 
 from converter import convert, plan  # noqa: E402
+from converter.errors import UnsupportedError  # noqa: E402
 from converter.rules import REGISTRY  # noqa: E402
 
 MODEL_TYPES = sorted(t for t in tm.MODEL_TYPES if t in REGISTRY and REGISTRY[t].unsupported is None)
+REFUSED = sorted(t for t in tm.MODEL_TYPES if t in REGISTRY and REGISTRY[t].unsupported is not None)
 
 
 @pytest.fixture(scope="module")
 def cases(tmp_path_factory):
-    """Built lazily, once per model type: (published dir, expected state dict, model)."""
+    """Built lazily, once per model type: (folder, expected state dict, model); ``folder/ours`` is our output."""
     built = {}
 
     def get(model_type):
@@ -35,29 +41,35 @@ def cases(tmp_path_factory):
             model = tm.build_model(model_type)
             tm.save_published(model, root / "published")
             want = tm.load_state_dict(root / "published", model_type)
+            convert(root / "published", root / "ours", allow_noop=True)
             built[model_type] = (root, want, model)
         return built[model_type]
 
     return get
 
 
+def test_every_buildable_model_type_is_registered():
+    assert sorted(set(tm.MODEL_TYPES) - set(REGISTRY)) == []
+
+
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_forward_equals_from_pretrained(cases, model_type):
     root, want, _ = cases(model_type)
-    out = root / "ours"
-    result = convert(root / "published", out)
-    assert not result.noop
-    assert_same_tensors(read_tensors(out), want)
+    published = read_tensors(root / "published")
+    # no-op exactly when the published layout already is the model layout (gpt_oss, llama4_text)
+    same = set(published) == set(want) and all(
+        (published[k].dtype, published[k].shape) == (w.dtype, w.shape) for k, w in want.items()
+    )
+    assert plan(root / "published").is_noop == same
+    assert_same_tensors(read_tensors(root / "ours"), want)
     # transformers reads our output as is (no conversion left to do) and gets the same weights
-    assert_same_tensors(tm.load_state_dict(out, model_type), want)
+    assert_same_tensors(tm.load_state_dict(root / "ours", model_type), want)
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)
 def test_reverse_round_trip(cases, model_type):
     root, _, _ = cases(model_type)
-    if not (root / "ours").exists():
-        convert(root / "published", root / "ours")
-    convert(root / "ours", root / "back", direction="reverse")
+    convert(root / "ours", root / "back", direction="reverse", allow_noop=True)
     assert_same_tensors(read_tensors(root / "back"), read_tensors(root / "published"))
 
 
@@ -66,7 +78,7 @@ def test_transformers_grouped_save(cases, model_type):
     root, _, model = cases(model_type)
     tm.save_grouped(model, root / "grouped")
     assert plan(root / "grouped").is_noop
-    convert(root / "grouped", root / "grouped_back", direction="reverse")
+    convert(root / "grouped", root / "grouped_back", direction="reverse", allow_noop=True)
     assert_same_tensors(read_tensors(root / "grouped_back"), read_tensors(root / "published"))
 
 
@@ -76,8 +88,16 @@ def test_dtype_cast_equals_from_pretrained_dtype(cases, model_type, dtype):
     """``--dtype`` casts like ``from_pretrained(dtype=...)``, keeping the params transformers keeps in fp32."""
     root, _, _ = cases(model_type)
     out = root / f"cast_{dtype}"
-    convert(root / "published", out, dtype=dtype)
+    convert(root / "published", out, dtype=dtype, allow_noop=True)
     want = tm.load_state_dict(
         root / "published", model_type, dtype={"fp16": torch.float16, "fp32": torch.float32}[dtype]
     )
     assert_same_tensors(read_tensors(out), want)
+
+
+@pytest.mark.parametrize("model_type", REFUSED)
+def test_unsupported_types_are_refused(tmp_path, model_type):
+    model = tm.build_model(model_type)
+    tm.save_published(model, tmp_path / "published")
+    with pytest.raises(UnsupportedError, match=model_type):
+        plan(tmp_path / "published")

@@ -648,7 +648,7 @@ def _capture_loading_info() -> Iterator[list[Any]]:
 
 
 def load_state_dict(
-    checkpoint_dir: Path, model_type: str, dtype: torch.dtype | str | None = None
+    checkpoint_dir: Path, model_type: str, dtype: torch.dtype | str | None = None, *, dequantize: bool = True
 ) -> dict[str, torch.Tensor]:
     """``from_pretrained(checkpoint_dir)`` with the class of ``model_type``; returns ``model.state_dict()`` as
     contiguous CPU tensors (non-persistent buffers such as rotary ``inv_freq`` are not included).
@@ -664,13 +664,37 @@ def load_state_dict(
     e.g. DeepSeek's MTP layer ``model.layers.61.*``, are dropped by transformers on purpose and allowed), mismatched
     shape, error message or conversion error -- a silently random-initialised weight would make the oracle
     worthless. Pre-quantized checkpoints (``quantization_config`` in config.json) are loaded with
-    ``dequantize=True`` (see :func:`build_quantized`).
+    ``dequantize=True`` (see :func:`build_quantized`); FP8 ones with ``dequantize=False`` are loaded quantized
+    (float8 weights and their ``*_scale_inv`` grids, experts fused): transformers only does that with a GPU, so
+    its GPU check is answered "yes" for the duration of the load -- loading copies tensors and runs no kernel.
     """
     kwargs: dict[str, Any] = {} if dtype is None else {"dtype": dtype}
     quant = _read_config(Path(checkpoint_dir)).get("quantization_config")
+    if quant is not None and not dequantize:
+        return _load_fp8_kept(Path(checkpoint_dir), model_type, quant, kwargs)
     if quant is not None:
         kwargs["quantization_config"] = _dequantize_config(quant)
     model = _load_checked(_model_class(model_type), Path(checkpoint_dir), **kwargs)
+    return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+
+
+def _load_fp8_kept(
+    checkpoint_dir: Path, model_type: str, quant: Mapping[str, Any], kwargs: dict[str, Any]
+) -> dict[str, torch.Tensor]:
+    from unittest import mock
+
+    from transformers.utils.quantization_config import FineGrainedFP8Config
+
+    if quant.get("quant_method") != "fp8":
+        raise ValueError("only FP8 checkpoints can be loaded quantized on a CPU")
+    config = FineGrainedFP8Config(weight_block_size=tuple(quant["weight_block_size"]), dequantize=False)
+    with (
+        mock.patch("torch.cuda.is_available", lambda: True),
+        mock.patch("torch.cuda.get_device_capability", lambda *a, **k: (9, 0)),
+    ):
+        model = _load_checked(
+            _model_class(model_type), checkpoint_dir, quantization_config=config, device_map="cpu", **kwargs
+        )
     return {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
 
 

@@ -1,12 +1,49 @@
-"""Conversion rules as data: ops, rule types, one module per family, and the registry keyed by model_type.
+"""Conversion rules as data: ops, rule types, one module per family, and the registry keyed by model_type
+(every model type of transformers 5.23's conversion mapping) plus class-keyed sub-model rules (``SUBMODELS``).
 
 >>> from converter.rules import rules_for
 >>> rules_for("qwen3_moe").converters[0].to_dict()["targets"]
 ['mlp.experts.gate_up_proj']
+
+``from_transformers(model_type)`` translates the installed transformers' rules for a type not registered here;
+``quantization.py`` adds what pre-quantized (FP8, MXFP4) checkpoints need.
 """
 
-from . import feed_forward_moe, granitemoe, legacy, mixtral, qwen2_moe, vlm  # noqa: F401  (register families)
-from .core import Convert, RegexRename, Rename, Rule, RuleSet, compile_template, prefix_change, rule_from_dict
+from . import (  # noqa: F401  (register families)
+    audio,
+    detection,
+    dots,
+    ernie_vl,
+    feed_forward_moe,
+    granitemoe,
+    inkling,
+    kimi,
+    legacy,
+    linear_attention,
+    mixtral,
+    native_layouts,
+    nemotron,
+    ocr,
+    qwen2_moe,
+    qwen_vl,
+    step,
+    text,
+    vision,
+    vlm,
+)
+from .core import (
+    Convert,
+    RegexRename,
+    Rename,
+    RenameGroup,
+    Rule,
+    RuleSet,
+    compile_template,
+    prefix_change,
+    rule_from_dict,
+    scoped,
+)
+from .from_transformers import from_transformers
 from .ops import (
     Cast,
     Chunk,
@@ -28,10 +65,20 @@ from .ops import (
     Unstack,
     op_from_dict,
 )
-from .registry import LEGACY, REGISTRY, ModelTypeEntry, build_ruleset, get_entry, model_types, rules_for
+from .registry import (
+    LEGACY,
+    REGISTRY,
+    SUBMODELS,
+    ModelTypeEntry,
+    Nested,
+    build_ruleset,
+    get_entry,
+    model_types,
+    rules_for,
+)
 
 #: rules format version, recorded in every converted checkpoint; bump when any rule's behaviour changes
-RULES_VERSION = "1"
+RULES_VERSION = "2"
 
 __all__ = [
     "Cast",
@@ -52,6 +99,9 @@ __all__ = [
     "PermuteForRope",
     "REGISTRY",
     "RULES_VERSION",
+    "SUBMODELS",
+    "Nested",
+    "RenameGroup",
     "RegexRename",
     "Rename",
     "Reshape",
@@ -63,10 +113,12 @@ __all__ = [
     "Unstack",
     "build_ruleset",
     "compile_template",
+    "from_transformers",
     "get_entry",
     "model_types",
     "op_from_dict",
     "prefix_change",
     "rule_from_dict",
     "rules_for",
+    "scoped",
 ]

@@ -5,8 +5,10 @@ source pattern: a slot is one tensor, or a list of tensors (one per expert, orde
 starts with one slot per source pattern and must end with one slot per target pattern.
 
 ``apply`` works on :class:`~converter.layout.VirtualTensor` s, i.e. on byte pieces, never on data: stacking
-experts and concatenating along a leading dim just reorder pieces. Ops that need arithmetic (transpose, cast)
-return a :class:`~converter.layout.Computed` tensor that the executor evaluates one expert at a time.
+experts, concatenating along a leading dim, de-interleaving gate/up rows and permuting q/k rows for RoPE just
+reorder pieces. Ops that need arithmetic (transpose, cast, FP8/MXFP4 dequantization) return a
+:class:`~converter.layout.Computed` tensor that the executor evaluates one expert (or block row) at a time; torch
+is imported only there.
 
 Every op names its transformers 5.23 counterpart (``transformers_name``) so the registry can be diffed against
 ``transformers.conversion_mapping``.
@@ -26,13 +28,21 @@ from ..safetensors_io import DTYPE_BITS, dtype_nbytes
 Slot = VirtualTensor | list[VirtualTensor]
 
 
+class AmbiguousShapeError(ShapeError):
+    """A shape-dependent op (``Transpose(check_dims=True)``) cannot tell from the shape what to do (a square case);
+    transformers silently keeps the tensor as is, we refuse."""
+
+
 @dataclass(frozen=True)
 class OpContext:
-    """What an op may need besides its inputs: the output name (for errors), the number of targets, the config."""
+    """What an op may need besides its inputs: the output name (for errors), the number of targets, the config,
+    and the converter's source/target patterns (ops that act on some slots only, like PermuteForRope, need them)."""
 
     key: str
     n_targets: int
     config: Mapping[str, Any] | None = None
+    sources: tuple[str, ...] = ()
+    targets: tuple[str, ...] = ()
 
 
 class Op:
@@ -152,13 +162,37 @@ def concat(tensors: list[VirtualTensor], dim: int, ctx: OpContext) -> VirtualTen
 
 
 def _config_value(config: Mapping[str, Any] | None, attr: str, ctx: OpContext) -> Any:
-    """``config.get_text_config().<attr>`` on a config dict: look in text_config first, then the root."""
+    """``config.get_text_config().<attr>`` on a config dict: look in text_config first, then the root.
+
+    A value missing from config.json is an error, never a guess: transformers would use the config class's
+    default, which this library does not know."""
     if config is None:
         raise UnsupportedError(f"{ctx.key}: needs config.json to read {attr!r}", key=ctx.key)
     for c in (config.get("text_config"), config):
         if isinstance(c, Mapping) and attr in c:
             return c[attr]
-    raise UnsupportedError(f"{ctx.key}: config has no {attr!r}", key=ctx.key)
+    raise UnsupportedError(f"{ctx.key}: config.json has no {attr!r}", key=ctx.key)
+
+
+def _config_dim(expr: int | str, config: Mapping[str, Any] | None, ctx: OpContext) -> int | None:
+    """A dimension given as an int, ``"*"`` (any), or a product of ints and config attributes
+    (``"hidden_size"``, ``"2*moe_intermediate_size"``, ``"num_key_value_heads*head_dim"``)."""
+    if isinstance(expr, int):
+        return expr
+    if expr == "*":
+        return None
+    n = 1
+    for f in expr.split("*"):
+        n *= int(f) if f.isdigit() else int(_config_value(config, f, ctx))
+    return n
+
+
+def _permute_rows(t: VirtualTensor, perm: list[int]) -> VirtualTensor:
+    """Rows (indices along dim 0) of ``t`` in the order ``perm``: pieces only."""
+    row = row_bytes(t, 0)
+    return VirtualTensor(
+        t.dtype, t.shape, gather_blocks(t, [(k * row, (k + 1) * row) for k in perm]), t.origins
+    )
 
 
 # --- byte-reordering ops -----------------------------------------------------------------------------------------
@@ -259,7 +293,8 @@ class Chunk(Op):
 
 @dataclass(frozen=True)
 class Split(Op):
-    """Split one tensor along ``dim`` into pieces of the given sizes (ints or config attribute names)."""
+    """Split one tensor along ``dim`` into pieces of the given sizes (ints or config expressions such as
+    ``"num_key_value_heads*head_dim"``; transformers reads them from the model's parameters)."""
 
     dim: int = 0
     sizes: tuple[int | str, ...] = ()
@@ -272,7 +307,7 @@ class Split(Op):
                 f"{ctx.key}: Split needs the target sizes (transformers reads them from the model)",
                 key=ctx.key,
             )
-        sizes = [s if isinstance(s, int) else int(_config_value(ctx.config, s, ctx)) for s in self.sizes]
+        sizes = [int(_config_dim(s, ctx.config, ctx) or 0) for s in self.sizes]
         d = _norm_dim(self.dim, len(t.shape), ctx)
         if sum(sizes) != t.shape[d]:
             raise ShapeError(
@@ -486,27 +521,70 @@ def sliced_compute(
 
 @dataclass(frozen=True)
 class Transpose(Op):
-    """Swap two dims (arithmetic: done one expert at a time). ``check_dims``: only when the shape needs it."""
+    """Swap two dims (arithmetic: done one expert at a time).
+
+    ``check_dims``: transformers transposes only when the tensor's shape differs from the model parameter's. Here
+    the expected output shape comes from the config (``shape``: ints, ``"*"``, config attributes, ``"2*attr"``):
+    a tensor already in that shape is kept, one whose transpose has it is transposed, and a square case (both
+    have it, e.g. hidden == 2 * intermediate) is refused rather than guessed.
+    """
 
     dim0: int = 0
     dim1: int = 1
     check_dims: bool = False
+    shape: tuple[int | str, ...] = ()
     transformers_name: ClassVar[str] = "Transpose"
     byte_exact_copy: ClassVar[bool] = False
 
     def apply(self, slots: list[Slot], ctx: OpContext) -> list[Slot]:
-        if self.check_dims:
+        out: list[Slot] = []
+        for s in slots:
+            t = _single(s, "transpose", ctx)
+            if self.check_dims and not self._needed(t, ctx):
+                out.append(t)
+            else:
+                out.append(transpose(t, self.dim0, self.dim1, ctx))
+        return out
+
+    def _needed(self, t: VirtualTensor, ctx: OpContext) -> bool:
+        if not self.shape:
             raise UnsupportedError(
-                f"{ctx.key}: Transpose(check_dims=True) depends on the model's parameter shape", key=ctx.key
+                f"{ctx.key}: Transpose(check_dims=True) needs the expected shape from the config", key=ctx.key
             )
-        return [transpose(_single(s, "transpose", ctx), self.dim0, self.dim1, ctx) for s in slots]
+        want = [_config_dim(d, ctx.config, ctx) for d in self.shape]
+        nd = len(t.shape)
+        a, b = _norm_dim(self.dim0, nd, ctx), _norm_dim(self.dim1, nd, ctx)
+        swapped = list(t.shape)
+        swapped[a], swapped[b] = swapped[b], swapped[a]
+
+        def fits(shape: list[int]) -> bool:
+            return len(shape) == len(want) and all(
+                w is None or w == x for w, x in zip(want, shape, strict=True)
+            )
+
+        keep, flip = fits(list(t.shape)), fits(swapped)
+        if keep and flip:
+            raise AmbiguousShapeError(
+                f"{ctx.key}: {list(t.shape)} is square in dims {a} and {b}: whether it is stored transposed "
+                "cannot be told from its shape (transformers silently keeps it as is)",
+                key=ctx.key,
+            )
+        if not keep and not flip:
+            raise ShapeError(
+                f"{ctx.key}: {list(t.shape)} fits the expected shape {want} neither as is nor transposed",
+                key=ctx.key,
+            )
+        return flip
 
     @property
     def inverse(self) -> Op:
-        return Transpose(self.dim1, self.dim0, self.check_dims)
+        shape = list(self.shape)
+        if shape:
+            shape[self.dim0], shape[self.dim1] = shape[self.dim1], shape[self.dim0]
+        return Transpose(self.dim1, self.dim0, self.check_dims, tuple(shape))
 
     def describe(self) -> str:
-        cond = " when the shape differs from the model's" if self.check_dims else ""
+        cond = " when stored the other way (decided from the config)" if self.check_dims else ""
         return f"transpose dims {self.dim0} and {self.dim1}{cond}"
 
 
@@ -569,32 +647,79 @@ def cast(t: VirtualTensor, dtype: str) -> VirtualTensor:
     return computed_tensor(dtype, t.shape, [t], compute, desc, chunk * out_item)
 
 
-# --- ops that later issues execute; expressed here so rules can carry them -------------------------------------
+# --- ops that reorder rows per head or per expert group ------------------------------------------------------
+
+
+def _rope_perm(n: int, n_heads: int, inverse: bool) -> list[int]:
+    """Row order of transformers' ``PermuteForRope``: per head, ``[half, 2] -> [2, half]`` (interleaved RoPE pairs
+    to rotate-half); ``inverse`` goes back."""
+    if n_heads <= 0 or n % (2 * n_heads):
+        raise ValueError(f"{n} rows do not split into {n_heads} heads of even size")
+    per = n // n_heads
+    half = per // 2
+    perm = []
+    for h in range(n_heads):
+        base = h * per
+        for k in range(per):
+            j, i = (k % 2, k // 2) if inverse else (k // half, k % half)
+            perm.append(base + (j * half + i if inverse else i * 2 + j))
+    return perm
 
 
 @dataclass(frozen=True)
-class _NotYetExecutable(Op):
-    byte_exact_copy: ClassVar[bool] = False
+class PermuteForRope(Op):
+    """Per head, reorder q/k rows from interleaved RoPE pairs to the rotate-half layout (``inverse`` undoes it).
 
-    def apply(self, slots: list[Slot], ctx: OpContext) -> list[Slot]:
-        raise UnsupportedError(f"{ctx.key}: op {self.op_name} is not executable yet", key=ctx.key)
-
-
-@dataclass(frozen=True)
-class PermuteForRope(_NotYetExecutable):
-    """Per head, reorder rows from interleaved RoPE pairs to rotate-half layout (``inverse`` undoes it)."""
+    ``num_attention_heads`` is read from ``config[subconfig_key]`` (or the root config); only slots whose pattern
+    contains one of ``permute_layer_names`` are permuted (all when it is empty). A row permutation: pieces only.
+    """
 
     subconfig_key: str | None = None
     permute_layer_names: tuple[str, ...] = ()
     inverse_: bool = False
     transformers_name: ClassVar[str] = "PermuteForRope"
 
+    def apply(self, slots: list[Slot], ctx: OpContext) -> list[Slot]:
+        if len(slots) == len(ctx.targets) and len(ctx.targets) > 1:
+            names = ctx.targets  # after a Chunk: one slot per target
+        elif len(slots) == len(ctx.sources):
+            names = ctx.sources
+        else:
+            raise ShapeError(f"{ctx.key}: PermuteForRope cannot tell which slot is which", key=ctx.key)
+        n_heads = self._heads(ctx)
+        out: list[Slot] = []
+        for name, s in zip(names, slots, strict=True):
+            t = _single(s, "permute_for_rope", ctx)
+            if self.permute_layer_names and not any(n in name for n in self.permute_layer_names):
+                out.append(t)
+                continue
+            try:
+                perm = _rope_perm(t.shape[0], n_heads, self.inverse_)
+            except ValueError as e:
+                raise ShapeError(f"{ctx.key}: {e}", key=ctx.key) from None
+            out.append(_permute_rows(t, perm))
+        return out
+
+    def _heads(self, ctx: OpContext) -> int:
+        config = ctx.config
+        if config is None:
+            raise UnsupportedError(f"{ctx.key}: needs config.json to read num_attention_heads", key=ctx.key)
+        sub = config.get(self.subconfig_key) if self.subconfig_key else None
+        where = sub if isinstance(sub, Mapping) else config
+        if "num_attention_heads" not in where:
+            path = f"{self.subconfig_key}." if where is sub else ""
+            raise UnsupportedError(
+                f"{ctx.key}: config.json has no {path}num_attention_heads (transformers would use its default)",
+                key=ctx.key,
+            )
+        return int(where["num_attention_heads"])
+
     @property
     def inverse(self) -> Op:
         return PermuteForRope(self.subconfig_key, self.permute_layer_names, not self.inverse_)
 
     def describe(self) -> str:
-        return "permute q/k rows from interleaved to rotate-half RoPE" + (
+        return "permute q/k rows per head from interleaved to rotate-half RoPE" + (
             " (inverse)" if self.inverse_ else ""
         )
 
@@ -608,26 +733,58 @@ class PermuteForRope(_NotYetExecutable):
 
 
 @dataclass(frozen=True)
-class ErnieFuseAndSplitTextVisionExperts(_NotYetExecutable):
-    """Ernie-4.5-VL: split 2E experts into text and vision halves, stack each, concat gate/up per half."""
+class ErnieFuseAndSplitTextVisionExperts(Op):
+    """Ernie-4.5-VL: each source's expert list is split into one equal run per target (text experts, then vision
+    experts), each run stacked on ``stack_dim``, then the sources (gate, up) concatenated on ``concat_dim``."""
 
     stack_dim: int = 0
     concat_dim: int = 1
     transformers_name: ClassVar[str] = "ErnieFuseAndSplitTextVisionExperts"
+
+    def apply(self, slots: list[Slot], ctx: OpContext) -> list[Slot]:
+        n = ctx.n_targets
+        per_target: list[list[VirtualTensor]] = [[] for _ in range(n)]
+        for s in slots:
+            experts = s if isinstance(s, list) else [s]
+            size = math.ceil(len(experts) / n)  # transformers' "best effort" split
+            for j in range(n):
+                group = experts[j * size : (j + 1) * size]
+                if not group:
+                    raise ShapeError(
+                        f"{ctx.key}: {len(experts)} experts leave none for target {j} of {n}", key=ctx.key
+                    )
+                per_target[j].append(stack(group, self.stack_dim, ctx))
+        return [ts[0] if len(ts) == 1 else concat(ts, self.concat_dim, ctx) for ts in per_target]
 
     @property
     def inverse(self) -> Op:
         return ErnieSplitAndDecoupleTextVisionExperts(self.stack_dim, self.concat_dim)
 
     def describe(self) -> str:
-        return "split experts into text/vision halves, stack each, concatenate gate and up"
+        return "split experts into text/vision runs, stack each, concatenate gate and up"
 
 
 @dataclass(frozen=True)
-class ErnieSplitAndDecoupleTextVisionExperts(_NotYetExecutable):
+class ErnieSplitAndDecoupleTextVisionExperts(Op):
+    """Inverse of :class:`ErnieFuseAndSplitTextVisionExperts`: each fused tensor is chunked into one piece per
+    target on ``concat_dim``, unstacked on ``stack_dim``, and each target gets the experts of all sources in order."""
+
     stack_dim: int = 0
     concat_dim: int = 1
     transformers_name: ClassVar[str] = "ErnieSplitAndDecoupleTextVisionExperts"
+
+    def apply(self, slots: list[Slot], ctx: OpContext) -> list[Slot]:
+        n = ctx.n_targets
+        chunks = [split_even(_single(s, "ernie split", ctx), self.concat_dim, n, ctx) for s in slots]
+        out: list[Slot] = []
+        for j in range(n):
+            experts: list[VirtualTensor] = []
+            for per_source in chunks:
+                unstacked = Unstack(self.stack_dim).apply([per_source[j]], ctx)[0]
+                assert isinstance(unstacked, list)
+                experts.extend(unstacked)
+            out.append(experts)
+        return out
 
     @property
     def inverse(self) -> Op:
@@ -637,32 +794,166 @@ class ErnieSplitAndDecoupleTextVisionExperts(_NotYetExecutable):
         return "split text/vision gate_up into per-expert gate and up"
 
 
-@dataclass(frozen=True)
-class Fp8Dequantize(_NotYetExecutable):
-    """Block-scaled FP8 ``weight * weight_scale_inv`` (block size from the scale grid) to the target dtype."""
+# --- dequantization (arithmetic, one block row / one expert at a time) -----------------------------------------
 
+
+def fp8_dequantize(weight: VirtualTensor, scale: VirtualTensor, dtype: str, ctx: OpContext) -> VirtualTensor:
+    """transformers' ``Fp8Dequantize``: ``(weight.float() * scale_inv per block).to(dtype)``, the block size
+    derived from the scale grid; ``uint8`` scales are E8M0 (``2 ** (s - 127)``), ``int8`` weights packed FP4."""
+    if weight.dtype not in ("F8_E4M3", "F8_E5M2", "I8"):
+        raise UnsupportedError(f"{ctx.key}: cannot dequantize a {weight.dtype} weight as FP8", key=ctx.key)
+    packed = weight.dtype == "I8"
+    rows = weight.shape[-2] if len(weight.shape) >= 2 else 1
+    cols = (weight.shape[-1] * (2 if packed else 1)) if weight.shape else 1
+    lead = weight.shape[:-2]
+    sr, sc = (scale.shape[-2], scale.shape[-1]) if len(scale.shape) >= 2 else (1, 1)
+    if rows % sr or cols % sc or math.prod(scale.shape) != math.prod(lead) * sr * sc:
+        raise ShapeError(
+            f"{ctx.key}: weight {list(weight.shape)} does not match its scale grid {list(scale.shape)}",
+            key=ctx.key,
+        )
+    bm, bn = rows // sr, cols // sc
+    out_shape = (*lead, rows, cols)
+    units = math.prod(lead) * sr  # one unit = one block row of one expert
+    w_unit = dtype_nbytes(weight.dtype, (bm, weight.shape[-1]))
+    s_unit = dtype_nbytes(scale.dtype, (sc,))
+    o_unit = dtype_nbytes(dtype, (bm, cols))
+    cache: dict[int, bytes] = {}
+
+    def one(read: Callable[[int, int, int], bytes], u: int) -> bytes:
+        import torch
+
+        w = to_tensor(read(0, u * w_unit, (u + 1) * w_unit), weight.dtype, (bm, weight.shape[-1]))
+        s = to_tensor(read(1, u * s_unit, (u + 1) * s_unit), scale.dtype, (sc,))
+        wf = _unpack_fp4(w) if packed else w.to(torch.float32)
+        sf = (s.to(torch.float32) - 127.0).exp2() if scale.dtype == "U8" else s.to(torch.float32)
+        q = wf.reshape(bm, sc, bn)
+        return to_bytes((q * sf.reshape(1, sc, 1)).to(torch_dtype(dtype)).reshape(bm, cols))
+
+    def compute(read: Callable[[int, int, int], bytes], start: int, stop: int) -> bytes:
+        parts = []
+        for u in range(start // o_unit, min((stop - 1) // o_unit, units - 1) + 1):
+            if u not in cache:
+                cache.clear()
+                cache[u] = one(read, u)
+            lo, hi = max(start - u * o_unit, 0), min(stop - u * o_unit, o_unit)
+            parts.append(cache[u][lo:hi])
+        return b"".join(parts)
+
+    desc = {"op": "fp8_dequantize", "block": [bm, bn], "to": dtype}
+    return computed_tensor(dtype, out_shape, [weight, scale], compute, desc, o_unit)
+
+
+FP4_E2M1 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+
+
+def _unpack_fp4(packed: Any) -> Any:
+    """Two e2m1 values per byte (low nibble first) -> float32, twice as wide on the last dim."""
+    import torch
+
+    lut = torch.tensor(FP4_E2M1, dtype=torch.float32)
+    u8 = packed.contiguous().view(torch.uint8)
+    both = torch.stack([lut[(u8 & 0xF).long()], lut[((u8 >> 4) & 0xF).long()]], dim=-1)
+    return both.reshape(*packed.shape[:-1], 2 * packed.shape[-1])
+
+
+def mxfp4_dequantize(
+    blocks: VirtualTensor, scales: VirtualTensor, dtype: str, ctx: OpContext
+) -> VirtualTensor:
+    """transformers' ``Mxfp4Dequantize`` (``convert_moe_packed_tensors``), one expert at a time: ``blocks`` uint8
+    ``[E, out, G, 16]`` and ``scales`` uint8 ``[E, out, G]`` -> ``[E, G * 32, out]`` (note the transpose)."""
+    if blocks.dtype != "U8" or scales.dtype != "U8" or len(blocks.shape) != 4:
+        raise UnsupportedError(
+            f"{ctx.key}: MXFP4 needs uint8 blocks [E, out, G, 16] and scales, got {blocks.dtype} "
+            f"{list(blocks.shape)} and {scales.dtype} {list(scales.shape)}",
+            key=ctx.key,
+        )
+    e, out, g, b = blocks.shape
+    if tuple(scales.shape) != (e, out, g):
+        raise ShapeError(
+            f"{ctx.key}: scales {list(scales.shape)} do not match blocks {list(blocks.shape)}", key=ctx.key
+        )
+    in_features = g * b * 2
+
+    def fn_expert(blk: Any, sc: Any) -> Any:
+        import torch
+
+        lut = torch.tensor(FP4_E2M1, dtype=torch_dtype(dtype))
+        rows = out * g
+        blk = blk.to(torch.uint8).reshape(rows, b)
+        exp = (sc.to(torch.int32) - 127).reshape(rows, 1)
+        sub = torch.empty(rows, b * 2, dtype=torch_dtype(dtype))
+        sub[:, 0::2] = lut[(blk & 0x0F).to(torch.int)]
+        sub[:, 1::2] = lut[(blk >> 4).to(torch.int)]
+        torch.ldexp(sub, exp, out=sub)
+        return sub.reshape(out, g, b * 2).view(out, g * b * 2).transpose(0, 1).contiguous()
+
+    b_unit = dtype_nbytes("U8", (out, g, b))
+    s_unit = dtype_nbytes("U8", (out, g))
+    o_unit = dtype_nbytes(dtype, (in_features, out))
+    cache: dict[int, bytes] = {}
+
+    def compute(read: Callable[[int, int, int], bytes], start: int, stop: int) -> bytes:
+        parts = []
+        for i in range(start // o_unit, min((stop - 1) // o_unit, e - 1) + 1):
+            if i not in cache:
+                cache.clear()
+                blk = to_tensor(read(0, i * b_unit, (i + 1) * b_unit), "U8", (out, g, b))
+                sc = to_tensor(read(1, i * s_unit, (i + 1) * s_unit), "U8", (out, g))
+                cache[i] = to_bytes(fn_expert(blk, sc))
+            lo, hi = max(start - i * o_unit, 0), min(stop - i * o_unit, o_unit)
+            parts.append(cache[i][lo:hi])
+        return b"".join(parts)
+
+    desc = {"op": "mxfp4_dequantize", "to": dtype}
+    return computed_tensor(dtype, (e, in_features, out), [blocks, scales], compute, desc, o_unit)
+
+
+@dataclass(frozen=True)
+class Fp8Dequantize(Op):
+    """Block-scaled FP8: slots ``[weight, weight_scale_inv]`` (tensors or per-expert lists) -> ``[weight]`` in
+    ``dtype``, exactly as transformers' ``Fp8Dequantize`` (the block size comes from the scale grid)."""
+
+    dtype: str = "BF16"
     transformers_name: ClassVar[str] = "Fp8Dequantize"
+    byte_exact_copy: ClassVar[bool] = False
+
+    def apply(self, slots: list[Slot], ctx: OpContext) -> list[Slot]:
+        if len(slots) != 2:
+            raise ShapeError(f"{ctx.key}: fp8 dequantize takes a weight and its scale", key=ctx.key)
+        w, s = slots
+        if isinstance(w, list) and isinstance(s, list) and len(w) == len(s):
+            return [[fp8_dequantize(a, b, self.dtype, ctx) for a, b in zip(w, s, strict=True)]]
+        return [fp8_dequantize(_single(w, "fp8", ctx), _single(s, "fp8", ctx), self.dtype, ctx)]
 
     @property
     def inverse(self) -> Op:
         return Identity()
 
     def describe(self) -> str:
-        return "dequantize block-scaled FP8"
+        return f"dequantize block-scaled FP8 to {self.dtype}"
 
 
 @dataclass(frozen=True)
-class Mxfp4Dequantize(_NotYetExecutable):
-    """MXFP4 ``_blocks``/``_scales`` to the target dtype, then transpose(1, 2) as transformers does."""
+class Mxfp4Dequantize(Op):
+    """MXFP4 slots ``[blocks, scales]`` -> ``[E, in, out]`` in ``dtype`` (transformers' ``Mxfp4Dequantize``)."""
 
+    dtype: str = "BF16"
     transformers_name: ClassVar[str] = "Mxfp4Dequantize"
+    byte_exact_copy: ClassVar[bool] = False
+
+    def apply(self, slots: list[Slot], ctx: OpContext) -> list[Slot]:
+        if len(slots) != 2:
+            raise ShapeError(f"{ctx.key}: mxfp4 dequantize takes blocks and scales", key=ctx.key)
+        blocks, scales = (_single(x, "mxfp4", ctx) for x in slots)
+        return [mxfp4_dequantize(blocks, scales, self.dtype, ctx)]
 
     @property
     def inverse(self) -> Op:
         return Identity()
 
     def describe(self) -> str:
-        return "dequantize MXFP4 blocks and scales"
+        return f"dequantize MXFP4 blocks and scales to {self.dtype}"
 
 
 @dataclass(frozen=True)

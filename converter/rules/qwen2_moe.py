@@ -17,7 +17,6 @@ E_SCORE = ("e_score_correction_bias",)
 ALIASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "qwen3_moe": ((), ()),
     "qwen3_next": ((), ()),
-    "qwen3_omni_moe_text": ((), ()),
     "deepseek_v2": ((), ()),
     "deepseek_v3": (E_SCORE, ()),
     "deepseek_v32": (E_SCORE, ("indexer.weights_proj",)),
@@ -51,11 +50,6 @@ ALIASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 for model_type, (strict, fp16_only) in ALIASES.items():
     alias(model_type, "qwen2_moe", keep_fp32=strict, keep_fp32_for_fp16=fp16_only)
 
-# transformers gives these the qwen2_moe rules too, but their checkpoints nest thinker/talker sub-models whose own
-# class-keyed rules (``thinker.`` prefix changes) also apply; refused until those are expressed (never half right)
-OMNI_REASON = "nested thinker/talker sub-model rules (class-keyed prefix changes) are not expressed yet"
-for model_type in ("qwen3_omni_moe", "qwen3_omni_moe_thinker"):
-    alias(model_type, "qwen2_moe", unsupported=OMNI_REASON)
 
 register(
     "ernie4_5_moe",
@@ -71,4 +65,67 @@ register(
     (*QWEN2_MOE, Rename("mlp.e_score_correction_bias", "mlp.gate.e_score_correction_bias")),
     family="qwen2_moe",
     keep_fp32=E_SCORE,
+)
+
+# qwen2_moe's experts plus a few renames of their own (transformers lists the converters first; renames run first)
+register(
+    "flint",
+    (*QWEN2_MOE, Rename("self_attn.softmax_offset", "self_attn.sinks")),
+    family="qwen2_moe",
+    keep_fp32=("gate.weight", "sinks"),
+)
+register(
+    "mimo_v2_flash",
+    (*QWEN2_MOE, Rename("self_attn.attention_sink_bias", "self_attn.sinks")),
+    family="qwen2_moe",
+    keep_fp32=E_SCORE,
+)
+register(
+    "axk1",
+    (*QWEN2_MOE, Rename("post_mlp_layernorm", "mlp.post_mlp_layernorm")),
+    family="qwen2_moe",
+    keep_fp32=E_SCORE,
+)
+register(
+    "axk2",
+    (
+        *QWEN2_MOE,
+        Rename("W_down", "mlp.fc1"),
+        Rename("W_up", "mlp.fc2"),
+        Rename("self_attn.q_b_proj", "self_attn.q_gate_proj"),
+    ),
+    family="qwen2_moe",
+    keep_fp32=E_SCORE,
+    keep_fp32_for_fp16=("indexer.weights_proj",),
+)
+register(
+    "hy_v3",
+    (
+        *QWEN2_MOE,
+        Rename("mlp.router.gate.weight", "mlp.gate.weight"),
+        Rename("mlp.expert_bias", "mlp.e_score_correction_bias"),
+        Rename("mlp.shared_mlp", "mlp.shared_experts"),
+    ),
+    family="qwen2_moe",
+    keep_fp32=E_SCORE,
+)
+register(
+    "kolibri1",
+    (
+        *QWEN2_MOE,
+        Rename("moe.router.expert_bias", "mlp.gate.e_score_correction_bias"),
+        Rename("post_attn_norm", "post_self_attn_layernorm"),
+        Rename("post_ffn_norm", "post_mlp_layernorm"),
+    ),
+    family="qwen2_moe",
+    keep_fp32=E_SCORE,
+)
+register(
+    "laguna",
+    (
+        *QWEN2_MOE,
+        Rename("mlp.experts.e_score_correction_bias", "mlp.gate.e_score_correction_bias"),
+        Rename("mlp.shared_expert", "mlp.shared_experts"),
+    ),
+    family="qwen2_moe",
 )

@@ -2,6 +2,11 @@
 
 Family modules (``mixtral.py``, ``qwen2_moe.py``, ...) call :func:`register` / :func:`alias` at import; the
 registry is complete once ``converter.rules`` is imported.
+
+transformers keys its rules by ``model_type`` *or* by class name; a class's rules apply to that class wherever it
+is nested (``LlavaModel`` under ``model``, ``CLIPVisionModel`` under ``model.vision_tower``), scoped to its module
+path. Here class-keyed rule sets live in :data:`SUBMODELS` (:func:`register_submodel`), and a model type lists
+where they nest (:class:`Nested`); its rules are its own followed by each nested set, scoped to its path.
 """
 
 from __future__ import annotations
@@ -11,8 +16,35 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import UnknownModelTypeError
-from .core import Convert, RegexRename, Rename, Rule, RuleSet, applies
+from ..errors import UnknownModelTypeError, UnsupportedError
+from .core import Convert, RegexRename, Rename, RenameGroup, Rule, RuleSet, Scope, applies, scoped
+
+
+@dataclass(frozen=True)
+class Nested:
+    """A sub-model with rules of its own: the rule set ``key`` (a class name in :data:`SUBMODELS`, or a
+    model_type) applied to names under ``path``, when the config meets ``when``."""
+
+    path: str
+    key: str
+    when: Scope = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"path": self.path, "rules_of": self.key}
+        if self.when:
+            d["when"] = {k: list(v) for k, v in self.when}
+        return d
+
+
+@dataclass(frozen=True)
+class SubmodelEntry:
+    """Rules transformers keys by class name (``LlavaModel``, ``CLIPVisionModel``, ``DetrForSegmentation``...),
+    unscoped: a model type that nests the class scopes them to its module path."""
+
+    key: str
+    rules: tuple[Rule, ...]
+    family: str
+    alias_of: str | None = None
 
 
 @dataclass(frozen=True)
@@ -30,6 +62,14 @@ class ModelTypeEntry:
     #: why we refuse to convert this model type (never converted silently wrong); None when supported
     unsupported: str | None = None
     notes: str = ""
+    #: its own rules (transformers' entry for this model_type), before the nested sub-models' ones
+    root_rules: tuple[Rule, ...] = ()
+    submodels: tuple[Nested, ...] = ()
+    #: pre-quantized formats this model type's checkpoints are published in besides FP8 (``"mxfp4"``)
+    quantized: tuple[str, ...] = ()
+    #: the class these rules are composed for when transformers keys its root rules by class (it looks the class
+    #: up before the model_type): a checkpoint declaring another class-keyed architecture is refused
+    root_class: str | None = None
 
     @property
     def ops(self) -> list[str]:
@@ -40,6 +80,16 @@ class ModelTypeEntry:
         """True when renaming keys is not enough (experts must be stacked, tensors concatenated/transposed...)."""
         return any(isinstance(r, Convert) for r in self.rules)
 
+    @property
+    def merges_tensors(self) -> bool:
+        """True when several source tensors become one (experts stacked, projections concatenated)."""
+        return any(
+            op.op_name in ("stack", "concat", "ernie_fuse_and_split_text_vision_experts")
+            for r in self.rules
+            if isinstance(r, Convert)
+            for op in r.ops
+        )
+
     def summary(self) -> dict[str, Any]:
         return {
             "model_type": self.model_type,
@@ -49,14 +99,56 @@ class ModelTypeEntry:
             "converters": sum(isinstance(r, Convert) for r in self.rules),
             "ops": self.ops,
             "requires_tensor_merging": self.requires_tensor_ops,
+            "merges_tensors": self.merges_tensors,
+            "submodels": [n.to_dict() for n in self.submodels],
+            "quantized": self.quantized_support,
             "supported": self.unsupported is None,
             "unsupported_reason": self.unsupported,
         }
 
+    @property
+    def quantized_support(self) -> dict[str, list[str]]:
+        """Pre-quantized checkpoints this type converts: FP8 block-scaled (any type whose weights are linear
+        ``weight`` tensors) kept as is or dequantized; MXFP4 only where published (gpt_oss)."""
+        if self.unsupported is not None:
+            return {}
+        out = {"fp8": ["keep", "dequantize"]}
+        if "mxfp4" in self.quantized:
+            out["mxfp4"] = ["keep", "dequantize"]
+        return out
+
 
 REGISTRY: dict[str, ModelTypeEntry] = {}
+#: class-keyed (nested sub-model) rule sets, by transformers' key
+SUBMODELS: dict[str, SubmodelEntry] = {}
 #: transformers' ``"legacy"`` renames, appended last when ``add_legacy`` (set by ``legacy.py``)
 LEGACY: list[Rename] = []
+
+
+def register_submodel(
+    key: str, rules: Iterable[Rule], *, family: str, alias_of: str | None = None
+) -> SubmodelEntry:
+    """Rules transformers keys by class name; see :class:`SubmodelEntry`."""
+    if key in SUBMODELS:
+        raise ValueError(f"sub-model rules {key!r} registered twice")
+    entry = SubmodelEntry(key, tuple(rules), family, alias_of)
+    SUBMODELS[key] = entry
+    return entry
+
+
+def submodel_alias(key: str, base: str) -> SubmodelEntry:
+    b = SUBMODELS.get(base)
+    rules = b.rules if b is not None else REGISTRY[base].root_rules
+    return register_submodel(key, rules, family=b.family if b else REGISTRY[base].family, alias_of=base)
+
+
+def nested_rules(key: str) -> tuple[Rule, ...]:
+    """The unscoped rules of a nested sub-model: its class entry, else its model_type's own rules."""
+    if key in SUBMODELS:
+        return SUBMODELS[key].rules
+    if key in REGISTRY:
+        return REGISTRY[key].root_rules
+    raise KeyError(f"no sub-model rules {key!r}")
 
 
 def register(
@@ -64,34 +156,56 @@ def register(
     rules: Iterable[Rule],
     *,
     family: str,
+    root_class: str | None = None,
+    submodels: Iterable[Nested] = (),
     keep_fp32: Iterable[str] = (),
     keep_fp32_for_fp16: Iterable[str] = (),
     unsupported: str | None = None,
     notes: str = "",
     alias_of: str | None = None,
+    quantized: Iterable[str] = (),
 ) -> ModelTypeEntry:
+    """Register a model type: its own rules (or, with ``root_class``, that class's rules, as transformers looks a
+    root class up before its model_type), then the rules of the sub-models it nests, scoped to their paths."""
     if model_type in REGISTRY:
         raise ValueError(f"model_type {model_type!r} registered twice")
+    root = tuple(rules)
+    nested = tuple(submodels)
+    composed = list(SUBMODELS[root_class].rules if root_class in SUBMODELS else root)
+    for n in nested:
+        composed.extend(scoped(n.path, nested_rules(n.key), n.when))
     entry = ModelTypeEntry(
         model_type,
-        tuple(rules),
+        tuple(composed),
         family,
         alias_of,
         tuple(keep_fp32),
         tuple(keep_fp32_for_fp16),
         unsupported,
         notes,
+        root,
+        nested,
+        tuple(quantized),
+        root_class,
     )
     REGISTRY[model_type] = entry
     return entry
 
 
 def alias(model_type: str, base: str, **overrides: Any) -> ModelTypeEntry:
-    """Register ``model_type`` with ``base``'s rules (transformers' ``_MODEL_TO_CONVERSION_PATTERN``)."""
+    """Register ``model_type`` with ``base``'s rules (transformers' ``_MODEL_TO_CONVERSION_PATTERN``) and, unless
+    overridden, its nested sub-models and fp32 lists."""
     b = REGISTRY[base]
-    kw: dict[str, Any] = {"family": b.family, "alias_of": base}
+    kw: dict[str, Any] = {
+        "family": b.family,
+        "alias_of": base,
+        "submodels": b.submodels,
+        "root_class": b.root_class,
+        "keep_fp32": b.keep_fp32,
+        "keep_fp32_for_fp16": b.keep_fp32_for_fp16,
+    }
     kw.update(overrides)
-    return register(model_type, b.rules, **kw)
+    return register(model_type, b.root_rules, **kw)
 
 
 def model_types() -> list[str]:
@@ -108,6 +222,21 @@ def get_entry(model_type: str) -> ModelTypeEntry:
     return entry
 
 
+def check_architecture(entry: ModelTypeEntry, config: Mapping[str, Any] | None) -> None:
+    """Refuse a checkpoint whose declared architecture has class-keyed rules other than those composed here:
+    transformers would apply that class's rules (e.g. a segmentation head's), which this entry does not know."""
+    archs = (config or {}).get("architectures") or []
+    arch = archs[0] if isinstance(archs, list) and archs else None
+    if isinstance(arch, str) and arch in SUBMODELS and arch != entry.root_class:
+        raise UnsupportedError(
+            f"{entry.model_type}: architecture {arch} has rules of its own in transformers "
+            f"(not composed for this model type; rules here are for "
+            f"{entry.root_class or 'its base model'})",
+            key=arch,
+            file="config.json",
+        )
+
+
 def build_ruleset(
     model_type: str,
     rules: Iterable[Rule],
@@ -122,7 +251,7 @@ def build_ruleset(
     if direction not in ("forward", "reverse"):
         raise ValueError(f"direction must be 'forward' or 'reverse', not {direction!r}")
     active = [r for r in rules if applies(r, config)]
-    renames = [r for r in active if isinstance(r, (Rename, RegexRename))]
+    renames = [r for r in active if isinstance(r, (Rename, RenameGroup, RegexRename))]
     converters = [r for r in active if isinstance(r, Convert)]
     if direction == "reverse":
         renames = [r.reversed() for r in reversed(renames) if r.reversible]
@@ -144,6 +273,8 @@ def rules_for(
     config: Mapping[str, Any] | None = None,
     add_legacy: bool = True,
     key_mapping: Mapping[str, str] | None = None,
+    prepend: Iterable[Rule] = (),
+    fp8_scales: bool = False,
 ) -> RuleSet:
     """The rules that convert a ``model_type`` checkpoint, in application order.
 
@@ -155,12 +286,23 @@ def rules_for(
 
     ``config`` (a ``config.json`` dict) selects conditional rules (e.g. the vision-tower prefix of CLIP/SigLIP
     towers); ``key_mapping`` adds the caller's own renames first, as ``from_pretrained(key_mapping=...)`` does.
+    A quantizer's rules come before everything (``prepend``); ``fp8_scales`` gives each converter of ``.weight``
+    tensors a copy that merges the FP8 scale grids the same way (see ``quantization.py``).
     """
+    from .quantization import fp8_scale_converters
+
     entry = get_entry(model_type)
-    rules: list[Rule] = []
+    check_architecture(entry, config)
+    rules: list[Rule] = list(prepend)
     if key_mapping:
         rules.extend(RegexRename(k, v) for k, v in key_mapping.items())
-    rules.extend(entry.rules)
+    if fp8_scales:
+        model_rules: list[Rule] = []
+        for r in entry.rules:
+            model_rules.extend(fp8_scale_converters([r]) if isinstance(r, Convert) else [r])
+        rules.extend(model_rules)
+    else:
+        rules.extend(entry.rules)
     if add_legacy:
         rules.extend(LEGACY)
     return build_ruleset(
