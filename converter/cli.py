@@ -85,14 +85,25 @@ def _print_plan_summary(p: Plan, title: str) -> None:
     out.print(t)
 
 
+DEQUANTIZE_HELP = (
+    "dequantize a pre-quantized (FP8, MXFP4) checkpoint as transformers does, to --dtype (default: config.json's "
+    "dtype, else bf16); by default it stays quantized"
+)
+
+
 def cmd_convert(a: argparse.Namespace) -> int:
-    from .execute import execute
-    from .storage import LocalSink, LocalSource, open_source
+    from .execute import card_info, execute
+    from .storage import open_sink, open_source
 
     direction = "reverse" if a.reverse else "forward"
     src = open_source(a.source)
     p = plan(
-        src, model_type=a.model_type, direction=direction, dtype=a.dtype, max_shard_size=a.max_shard_size
+        src,
+        model_type=a.model_type,
+        direction=direction,
+        dtype=a.dtype,
+        max_shard_size=a.max_shard_size,
+        dequantize=a.dequantize,
     )
     if a.dry_run:
         if a.json:
@@ -106,8 +117,8 @@ def cmd_convert(a: argparse.Namespace) -> int:
             "(--force copies it anyway)"
         )
         return 0
-    sink = LocalSink(
-        a.output, overwrite=a.overwrite, source_root=src.root if isinstance(src, LocalSource) else None
+    sink = open_sink(
+        a.output, source=src, overwrite=a.overwrite, create_pr=a.pr, private=a.private, card=card_info(p)
     )
     with _progress_bar(a.quiet or a.json) as bar:
         task = bar.add_task("converting", total=p.total_bytes)
@@ -153,6 +164,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
         direction="reverse" if a.reverse else "forward",
         dtype=a.dtype,
         max_shard_size=a.max_shard_size,
+        dequantize=a.dequantize,
     )
     if a.json:
         out.print_json(json.dumps(p.to_dict(pieces=a.pieces)))
@@ -185,46 +197,83 @@ def cmd_rules(a: argparse.Namespace) -> int:
         if a.json:
             out.print_json(json.dumps(rows))
             return 0
-        t = Table(title=f"{len(rows)} model types")
-        for col in ("model_type", "family", "alias of", "merges tensors", "ops", "supported"):
+        supported = sum(r["supported"] for r in rows)
+        t = Table(title=f"{len(rows)} model types ({supported} supported)")
+        for col in (
+            "model_type",
+            "family",
+            "ops",
+            "merges tensors",
+            "tensor ops",
+            "pre-quantized",
+            "supported",
+        ):
             t.add_column(col)
         for r in rows:
+            quant = ", ".join(r["quantized"])  # each kept as is or dequantized (--dequantize)
             t.add_row(
-                r["model_type"],
+                r["model_type"] + (f" (= {r['alias_of']})" if r["alias_of"] else ""),
                 r["family"],
-                r["alias_of"] or "",
-                "yes" if r["requires_tensor_merging"] else "no",
-                ", ".join(r["ops"]),
+                ", ".join(r["ops"]) or "-",
+                "yes" if r["merges_tensors"] else "no",
+                "yes" if r["requires_tensor_merging"] else "no (renames)",
+                quant or "-",
                 "yes" if r["supported"] else f"no: {r['unsupported_reason']}",
             )
         out.print(t)
         return 0
     rs = rules_for(a.model_type, direction=direction)
+    entry = get_entry(a.model_type)
     if a.json:
-        out.print_json(json.dumps({**get_entry(a.model_type).summary(), **rs.to_dict()}))
+        out.print_json(json.dumps({**entry.summary(), **rs.to_dict()}))
         return 0
     t = Table(title=f"{a.model_type} ({direction}): applied in this order")
-    for col in ("#", "kind", "from", "to", "ops"):
+    for col in ("#", "kind", "from", "to", "ops / conditions"):
         t.add_column(col)
     for i, rule in enumerate(rs.rules, 1):
         d = rule.to_dict()
+        where = f"under {d['scope']}" if d.get("scope") else ""
+        when = f"when {d['when']}" if d.get("when") else ""
         if isinstance(rule, Convert):
+            ops = ", then ".join(op.describe() for op in rule.ops)
             t.add_row(
                 str(i),
                 "convert",
                 "\n".join(rule.sources),
                 "\n".join(rule.targets),
-                ", then ".join(op.describe() for op in rule.ops),
+                "; ".join(filter(None, (ops, where, when))),
             )
         elif d["kind"] == "rename":
-            cond = f" (unless {', '.join(d['unless'])})" if d.get("unless") else ""
-            when = f" when {d['when']}" if d.get("when") else ""
-            t.add_row(str(i), "rename", d["source"], d["target"], (cond + when).strip())
+            cond = f"unless {', '.join(d['unless'])}" if d.get("unless") else ""
+            off = f"index + {d['index_offset']}" if d.get("index_offset") else ""
+            t.add_row(
+                str(i), "rename", d["source"], d["target"], "; ".join(filter(None, (cond, off, where, when)))
+            )
+        elif d["kind"] == "rename_group":
+            members = d["renames"]
+            t.add_row(
+                str(i),
+                "rename group",
+                "\n".join(m["source"] for m in members),
+                "\n".join(m["target"] for m in members),
+                "at once; only if the first source is present",
+            )
         else:
-            t.add_row(str(i), d["kind"], d["pattern"], d["replacement"], "")
+            t.add_row(
+                str(i), d["kind"], d["pattern"], d["replacement"], "; ".join(filter(None, ("one-way", where)))
+            )
     out.print(t)
+    if entry.submodels:
+        out.print(
+            "nested sub-models: " + ", ".join(f"{n.key} under {n.path or '(root)'}" for n in entry.submodels)
+        )
     if rs.keep_fp32:
         out.print(f"kept in float32 under --dtype bf16/fp16: {', '.join(rs.keep_fp32)}")
+    support = entry.quantized_support
+    if support:
+        out.print("pre-quantized: " + "; ".join(f"{k} ({' or '.join(v)})" for k, v in support.items()))
+    if entry.unsupported:
+        out.print(f"[red]not supported: {entry.unsupported}[/]")
     return 0
 
 
@@ -316,11 +365,16 @@ def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.Argume
     common(c)
     c.add_argument("--dry-run", action="store_true", help="plan and print the summary; write nothing")
     c.add_argument("--overwrite", action="store_true", help="replace OUTPUT (atomically) if it exists")
+    c.add_argument("--pr", action="store_true", help="with OUTPUT hf://org/name: publish as a pull request")
+    c.add_argument(
+        "--private", action="store_true", help="with OUTPUT hf://org/name: create the repo private"
+    )
     c.add_argument("--force", action="store_true", help="write OUTPUT even when there is nothing to convert")
     c.add_argument(
         "--verify", action="store_true", help="re-read the output and compare every byte with the plan"
     )
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    c.add_argument("--dequantize", action="store_true", help=DEQUANTIZE_HELP)
     c.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("plan", help="show what a conversion would do, from the headers alone")
@@ -328,6 +382,7 @@ def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.Argume
     common(p)
     p.add_argument("--all", action="store_true", help="list every changed tensor")
     p.add_argument("--pieces", action="store_true", help="with --json: include every byte range")
+    p.add_argument("--dequantize", action="store_true", help=DEQUANTIZE_HELP)
     p.set_defaults(func=cmd_plan)
 
     r = sub.add_parser("rules", help="list model types, or show one model type's rules")

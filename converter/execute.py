@@ -12,6 +12,7 @@ Nothing is published unless every shard, the index and the copied files are comp
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -25,7 +26,7 @@ from .layout import Computed, Piece, VirtualTensor
 from .plan import DEFAULT_MAX_SHARD_SIZE, Plan, plan
 from .rules import RULES_VERSION
 from .safetensors_io import INDEX_NAME, encode_header
-from .storage import LocalSink, LocalSource, Reader, Sink, Source, open_source
+from .storage import Reader, Sink, Source, open_sink, open_source
 
 #: computed pieces are produced in chunks of about this many bytes
 COMPUTE_CHUNK = 64 * 1024 * 1024
@@ -108,27 +109,72 @@ class _Streamer:
     def read_tensor(self, vt: VirtualTensor, start: int, stop: int) -> bytes:
         return b"".join(self.read_piece(p) for p in vt.byte_range(start, stop))
 
-    def write(self, out: BinaryIO, vt: VirtualTensor) -> None:
-        for p in vt.pieces:
-            if isinstance(p.source, str):
-                off, left = p.offset, p.length
-                while left:  # chunked so progress and cancellation stay responsive
-                    n = min(left, self.copy_chunk)
-                    self.reader.copy_to(out, p.source, off, n)
-                    self.tick(n)
-                    off += n
-                    left -= n
-                continue
-            step = p.source.slice_bytes or COMPUTE_CHUNK
-            if step < COMPUTE_CHUNK:  # whole slices, about COMPUTE_CHUNK bytes at a time
-                step *= COMPUTE_CHUNK // step
-            a, end = p.offset, p.offset + p.length
-            while a < end:
-                b = min((a // step + 1) * step, end)
-                data = self.read_piece(Piece(p.source, a, b - a))
-                out.write(data)
-                self.tick(len(data))
-                a = b
+    def write_shard(self, out: BinaryIO, tensors: list[VirtualTensor]) -> None:
+        """Write the tensors' bytes in order. Runs of file pieces, across tensors, go to the reader together when it
+        can take them (``copy_run``: a Hub reader coalesces adjacent ranges and keeps several requests in flight)."""
+        copy_run = getattr(self.reader, "copy_run", None)
+        run: list[tuple[str, int, int]] = []
+        for vt in tensors:
+            for p in vt.pieces:
+                if isinstance(p.source, str):
+                    if copy_run is None:
+                        self._copy(out, p.source, p.offset, p.length)
+                    else:
+                        run.append((p.source, p.offset, p.length))
+                    continue
+                if copy_run is not None and run:
+                    copy_run(out, run, self.tick)
+                    run = []
+                self._write_computed(out, p)
+        if copy_run is not None and run:
+            copy_run(out, run, self.tick)
+
+    def _copy(self, out: BinaryIO, file: str, off: int, left: int) -> None:
+        while left:  # chunked so progress and cancellation stay responsive
+            n = min(left, self.copy_chunk)
+            self.reader.copy_to(out, file, off, n)
+            self.tick(n)
+            off += n
+            left -= n
+
+    def _write_computed(self, out: BinaryIO, p: Piece) -> None:
+        assert isinstance(p.source, Computed)
+        step = p.source.slice_bytes or COMPUTE_CHUNK
+        if step < COMPUTE_CHUNK:  # whole slices, about COMPUTE_CHUNK bytes at a time
+            step *= COMPUTE_CHUNK // step
+        a, end = p.offset, p.offset + p.length
+        while a < end:
+            b = min((a // step + 1) * step, end)
+            data = self.read_piece(Piece(p.source, a, b - a))
+            out.write(data)
+            self.tick(len(data))
+            a = b
+
+
+def _counting_tick(state: Progress, sizes: list[int], tick: Callable[[int], None]) -> Callable[[int], None]:
+    """A tick that also counts a shard's tensors as done when the bytes written pass their end."""
+    ends = list(itertools.accumulate(sizes))
+    base, written = state.tensors_done, 0
+
+    def shard_tick(n: int) -> None:
+        nonlocal written
+        written += n
+        while state.tensors_done - base < len(ends) and written >= ends[state.tensors_done - base]:
+            state.tensors_done += 1
+        tick(n)
+
+    return shard_tick
+
+
+def card_info(p: Plan) -> dict[str, str]:
+    """What a Hub model card section says about a conversion."""
+    return {
+        "source": p.source,
+        "model_type": p.model_type,
+        "direction": p.direction,
+        "rules version": RULES_VERSION,
+        "tool": f"ckpt-convert {__version__}",
+    }
 
 
 def provenance(p: Plan) -> dict[str, str]:
@@ -197,12 +243,13 @@ def execute(
             for shard in p.shards:
                 state.shard = shard.file
                 header, _ = encode_header(((t.name, t.dtype, t.shape) for t in shard.tensors), meta)
+                done_before = state.tensors_done
+                streamer.tick = _counting_tick(state, [t.nbytes for t in shard.tensors], tick)
                 with sink.open_shard(shard.file) as out:
                     out.write(header)
-                    for t in shard.tensors:
-                        streamer.write(out, t.tensor)
-                        state.tensors_done += 1
-                        report()
+                    streamer.write_shard(out, [t.tensor for t in shard.tensors])
+                state.tensors_done = done_before + len(shard.tensors)
+                report()
                 sink.finish_shard(shard.file)
                 shards.append((shard.file, len(header) + shard.nbytes))
         if len(p.shards) > 1:
@@ -212,7 +259,11 @@ def execute(
         state.phase = "copying files"
         report(force=True)
         for name in copy:
+            if name == "config.json" and p.output_config is not None:
+                continue  # rewritten below
             sink.copy_file(source, name)
+        if p.output_config is not None:
+            sink.write_bytes("config.json", (json.dumps(p.output_config, indent=2) + "\n").encode())
         state.phase = "publishing"
         report(force=True)
         where = sink.commit(commit_message or f"Convert {p.model_type} checkpoint ({p.direction})")
@@ -245,11 +296,13 @@ def convert(
     progress: ProgressCallback | None = None,
     should_cancel: Callable[[], bool] | None = None,
     allow_noop: bool = False,
+    dequantize: bool = False,
 ) -> ConversionResult:
     """Plan and run a conversion of ``source`` into ``output`` (a folder, created atomically).
 
     A checkpoint already in the target layout is a no-op: nothing is written (``result.noop``) unless
-    ``allow_noop=True``, which copies it anyway.
+    ``allow_noop=True``, which copies it anyway. ``dequantize`` dequantizes a pre-quantized (FP8, MXFP4)
+    checkpoint; by default it stays quantized.
     """
     src = open_source(source)
     p = plan(
@@ -259,12 +312,13 @@ def convert(
         dtype=dtype,
         max_shard_size=max_shard_size,
         config=config,
+        dequantize=dequantize,
     )
-    if isinstance(output, (str, os.PathLike)):
-        root = src.root if isinstance(src, LocalSource) else None
-        sink: Sink = LocalSink(output, overwrite=overwrite, source_root=root)
-    else:
-        sink = output
+    sink: Sink = (
+        open_sink(output, source=src, overwrite=overwrite, card=card_info(p))
+        if isinstance(output, (str, os.PathLike))
+        else output
+    )
     if p.is_noop and not allow_noop:
         return ConversionResult(sink.description, p, [], [], [], 0.0, noop=True)
     return execute(p, src, sink, progress=progress, should_cancel=should_cancel)

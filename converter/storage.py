@@ -257,10 +257,33 @@ class LocalSink:
 
 
 def open_source(source: str | os.PathLike[str] | Source) -> Source:
-    """A Source for a local folder path (Hub sources come with the Hub issue)."""
+    """A Source for ``hf://org/name[@revision]`` (a Hub repo) or a local folder path."""
+    if isinstance(source, str) and source.startswith("hf://"):
+        from .hub import open_hub_source
+
+        return open_hub_source(source)
     if isinstance(source, (str, os.PathLike)):
         p = Path(source)
         if not p.exists():
             raise CheckpointError(f"source {p} does not exist", file=str(p))
         return LocalSource(p)
     return source
+
+
+def open_sink(
+    output: str | os.PathLike[str],
+    *,
+    source: Source | None = None,
+    overwrite: bool = False,
+    create_pr: bool = False,
+    private: bool = False,
+    card: dict[str, str] | None = None,
+) -> Sink:
+    """A Sink for ``hf://org/name`` (one commit, or a pull request with ``create_pr``) or a local folder."""
+    if isinstance(output, str) and output.startswith("hf://"):
+        from .hub import HubSink, parse_hub_path
+
+        repo, rev = parse_hub_path(output)
+        return HubSink(repo, revision=rev or "main", create_pr=create_pr, private=private, card=card)
+    root = source.root if isinstance(source, LocalSource) else None
+    return LocalSink(output, overwrite=overwrite, source_root=root)

@@ -46,7 +46,9 @@ def submit(
         raise InvalidRequestError(str(e)) from None
     src = resolve_source(req.source, req.revision, settings, hf_token)
     config = read_source_config(src, settings, hf_token)
-    model_type = resolve_model_type(req.model_type, config, req.source)  # 404 with close names, 422 if unsupported
+    model_type = resolve_model_type(
+        req.model_type, config, req.source
+    )  # 404 with close names, 422 if unsupported
     dest = normalise_destination(req.destination.model_dump(), src, settings)
     normalised = {
         "source": src.id,
@@ -67,7 +69,9 @@ def submit(
         "model_type": model_type,
         "destination": dest,
     }
-    job_id, created = store.create(fields, idem_hash=request_hash(normalised))
+    idem = request_hash(normalised)
+    fields["idem_hash"] = idem
+    job_id, created = store.create(fields, idem_hash=idem)
     if idempotency_key:
         hit = store.idempotency_key(idempotency_key, raw_hash, job_id)
         if hit is not None and hit[0] != job_id:  # a concurrent request with the same key won

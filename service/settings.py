@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     max_attempts: int = 3
     #: a task longer than this would be redelivered while still running: large jobs fan out into per-shard tasks
     visibility_timeout: int = 6 * 3600
+    #: a running job holds a lock refreshed every third of this; a lost worker's lock expires after it (seconds)
+    lock_ttl: int = 30
     #: how often running jobs report progress (seconds)
     progress_interval: float = 0.25
     #: bearer tokens accepted by the API (comma-separated); empty = no auth

@@ -33,12 +33,19 @@ def alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    return subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True).stdout.strip()[:1] != "Z"
+    return (
+        subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True).stdout.strip()[
+            :1
+        ]
+        != "Z"
+    )
 
 
 def start_serve(tmp_path, port):
     env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
-    env.update({"CKPT_CONVERT_DATA_DIR": str(tmp_path / "data"), "CKPT_CONVERT_ALLOWED_LOCAL_ROOTS": str(tmp_path)})
+    env.update(
+        {"CKPT_CONVERT_DATA_DIR": str(tmp_path / "data"), "CKPT_CONVERT_ALLOWED_LOCAL_ROOTS": str(tmp_path)}
+    )
     log = open(tmp_path / f"serve-{port}.log", "ab")  # noqa: SIM115
     p = subprocess.Popen([sys.executable, "-m", "service.cli", "serve", "--port", str(port)], env=env,
                          stdout=log, stderr=subprocess.STDOUT)  # fmt: skip

@@ -9,6 +9,8 @@ Reliability settings, and why:
   acknowledged within this time, which is also how a job whose whole worker died is picked up again. It must be
   longer than the longest task, or a running task is delivered a second time; the job lock (``worker/job.py``)
   then keeps the copy from running concurrently, and job fan-out into per-shard tasks keeps each task short.
+* ``task_acks_on_failure_or_timeout=False``: a task raises only if Redis stayed unreachable; it is then delivered
+  again rather than leaving its job "running" forever.
 * The cap on redeliveries is ``CKPT_CONVERT_MAX_ATTEMPTS`` (default 3), counted in the job record: a job whose
   worker keeps dying ends ``failed`` with ``WorkerLostError`` instead of looping forever.
 """
@@ -30,6 +32,9 @@ def make_celery() -> Celery:
     app.conf.update(
         task_acks_late=True,
         task_reject_on_worker_lost=True,
+        # a task only raises when the job store itself is unreachable (job errors are recorded, not raised): leave
+        # its message unacknowledged so that it is delivered again instead of the job staying "running"
+        task_acks_on_failure_or_timeout=False,
         worker_prefetch_multiplier=1,
         task_serializer="json",
         result_serializer="json",

@@ -17,16 +17,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import redis
+
 from converter import plan
-from converter.errors import CancelledError, ConversionError, UnsupportedError
-from converter.execute import Progress, execute
+from converter.errors import CancelledError, ConversionError
+from converter.execute import Progress, card_info, execute
 from converter.safetensors_io import read_local_checkpoint
 from converter.storage import LocalSink, LocalSource
 from service.settings import Settings
 from service.store import TERMINAL, JobStore, now
 
 log = logging.getLogger(__name__)
-LOCK_TTL = 60
 
 
 class JobBusy(Exception):
@@ -57,7 +58,7 @@ class _Reporter:
             self.phases[self.phase]["finished"] = t
         self.phases[phase] = {"started": t}
         self.phase = phase
-        self.store.update(self.job_id, phases=self.phases)
+        _best_effort(self.store.update, self.job_id, phases=self.phases)
         self.report(force=True)
 
     def final_phases(self) -> dict[str, dict[str, float]]:
@@ -83,7 +84,8 @@ class _Reporter:
         rate = self.bytes_done / elapsed if elapsed > 0 and self.bytes_done else None
         eta = (self.bytes_total - self.bytes_done) / rate if rate else None
         done, total = getattr(self, "tensors", (0, 0))
-        self.store.progress(
+        _best_effort(
+            self.store.progress,
             self.job_id,
             {
                 "phase": self.phase or "queued",
@@ -97,6 +99,29 @@ class _Reporter:
         )
 
 
+def _best_effort(fn: Callable[..., Any], *args: Any, default: Any = None, **kwargs: Any) -> Any:
+    """Progress and cancel checks must not kill a conversion while Redis restarts: log, carry on."""
+    try:
+        return fn(*args, **kwargs)
+    except redis.RedisError as e:
+        log.warning("job store unavailable (%s); the conversion continues", type(e).__name__)
+        return default
+
+
+def _until_redis_is_back(fn: Callable[..., Any], *args: Any, wait: float = 120.0, **kwargs: Any) -> Any:
+    """A job's terminal transition is retried while Redis is away (up to ``wait`` seconds); if it still fails,
+    the task fails unacknowledged and is delivered again (``task_acks_on_failure_or_timeout=False``)."""
+    deadline, delay = time.monotonic() + wait, 0.5
+    while True:
+        try:
+            return fn(*args, **kwargs)
+        except redis.RedisError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
 def _cancel_poller(store: JobStore, job_id: str, every: float = 0.2) -> Callable[[], bool]:
     last = [0.0, False]
 
@@ -104,7 +129,7 @@ def _cancel_poller(store: JobStore, job_id: str, every: float = 0.2) -> Callable
         t = time.monotonic()
         if t - last[0] >= every:
             last[0] = t
-            last[1] = store.cancel_requested(job_id)
+            last[1] = _best_effort(store.cancel_requested, job_id, default=last[1])
         return bool(last[1])
 
     return should_cancel
@@ -122,32 +147,33 @@ def _already_published(dest: Path, job_id: str) -> bool:
 
 
 def _open_source(rec: dict[str, Any], settings: Settings, token: str | None) -> Any:
-    req = rec["request"]
     if rec.get("source_kind") == "local":
         return LocalSource(rec["source"])
-    from converter import hub  # the Hub source: range reads through huggingface_hub
+    from converter.hub import HubSource
 
-    return hub.HubSource(
-        rec["source"],
-        rec.get("source_sha") or req.get("revision", "main"),
-        token=token,
-        endpoint=settings.hf_endpoint,
+    # the commit resolved at submit time: every read of the job sees the same files
+    return HubSource(
+        rec["source"], rec.get("source_sha") or "main", token=token, endpoint=settings.hf_endpoint
     )
 
 
-def _open_sink(rec: dict[str, Any], job_id: str, settings: Settings, token: str | None, source: Any) -> Any:
+def _open_sink(
+    rec: dict[str, Any], job_id: str, settings: Settings, token: str | None, source: Any, card: dict
+) -> Any:
     dest = rec["destination"]
     if "local_path" in dest:
         root = source.root if isinstance(source, LocalSource) else None
         return LocalSink(dest["local_path"], source_root=root, tag=job_id)
-    from converter import hub
+    from converter.hub import HubSink
 
-    return hub.HubSink(
+    return HubSink(
         dest["repo_id"],
         create_pr=dest.get("create_pr", False),
         private=dest.get("private", False),
         token=token,
         endpoint=settings.hf_endpoint,
+        pr_key=(rec.get("idem_hash") or job_id)[:12],
+        card=card,
         job_id=job_id,
     )
 
@@ -167,20 +193,21 @@ def run_job(
     ):
         return "cancelled"
     owner = f"{worker}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-    if not store.lock(job_id, owner, LOCK_TTL):
+    ttl = settings.lock_ttl
+    if not store.lock(job_id, owner, ttl):
         raise JobBusy(job_id)
     stop = threading.Event()
 
     def keep_lock() -> None:
-        while not stop.wait(LOCK_TTL / 3):
-            store.refresh_lock(job_id, owner, LOCK_TTL)
+        while not stop.wait(ttl / 3):
+            _best_effort(store.refresh_lock, job_id, owner, ttl)
 
     threading.Thread(target=keep_lock, daemon=True).start()
     try:
         return _Run(store, job_id, rec, settings, worker, token).run()
     finally:
         stop.set()
-        store.unlock(job_id, owner)
+        _best_effort(store.unlock, job_id, owner)
 
 
 class _Run:
@@ -202,8 +229,14 @@ class _Run:
         self.rep = _Reporter(store, job_id, settings.progress_interval)
 
     def finish(self, status: str, **fields: Any) -> str:
-        ok = self.store.transition(
-            self.job_id, "*", status, finished_at=now(), phases=self.rep.final_phases(), **fields
+        ok = _until_redis_is_back(
+            self.store.transition,
+            self.job_id,
+            "*",
+            status,
+            finished_at=now(),
+            phases=self.rep.final_phases(),
+            **fields,
         )
         return status if ok else str((self.store.get(self.job_id) or {}).get("status", "missing"))
 
@@ -230,6 +263,7 @@ class _Run:
                 direction=req.get("direction", "forward"),
                 dtype=req.get("dtype"),
                 max_shard_size=req.get("max_shard_size", "5GB"),
+                dequantize=bool(req.get("dequantize", False)),
             )
             store.update(job_id, plan=p.summary())
             rep.bytes_total = p.total_bytes
@@ -242,7 +276,13 @@ class _Run:
                     "seconds": 0.0,
                 }
                 return self.finish("succeeded", result=noop)
-            sink = _open_sink(rec, job_id, settings, self.token, source)
+            card = {
+                **card_info(p),
+                "source": f"{rec['source']}@{rec.get('source_sha') or rec.get('revision')}",
+            }
+            sink = _open_sink(rec, job_id, settings, self.token, source, card)
+            if (published := getattr(sink, "published_by_job", lambda: None)()) is not None:
+                return self.finish("succeeded", result={"output": published, "noop": False})
             res = execute(
                 p,
                 source,
@@ -251,7 +291,7 @@ class _Run:
                 should_cancel=_cancel_poller(store, job_id),
                 metadata={"job_id": job_id},
                 max_bytes_per_second=settings.max_bytes_per_second or None,
-                commit_message=f"Convert {rec['source']} ({p.model_type}, {p.direction}) with ckpt-convert",
+                commit_message=f"Convert {rec['source']} ({p.model_type}, {p.direction}) with ckpt-convert, job {job_id}",
             )
             s = res.summary()
             result = {
@@ -271,13 +311,6 @@ class _Run:
             return self.finish("cancelled", error=e.to_dict())
         except ConversionError as e:
             return self.finish("failed", error=e.to_dict())
-        except ModuleNotFoundError as e:
-            if e.name != "converter.hub":
-                raise
-            return self.finish(
-                "failed",
-                error=UnsupportedError("Hub sources and destinations are not available yet").to_dict(),
-            )
         except Exception as e:  # noqa: BLE001 - recorded on the job; the traceback goes to the worker log
             log.exception("job %s failed", job_id)
             return self.finish(

@@ -13,7 +13,7 @@ from service.settings import get_settings
 from service.store import JobStore
 
 from .app import TASK_CONVERT, app
-from .job import LOCK_TTL, JobBusy, run_job
+from .job import JobBusy, run_job
 
 log = logging.getLogger(__name__)
 _store: JobStore | None = None
@@ -35,12 +35,14 @@ def convert_job(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
     """Run job ``job_id``; if another delivery of it is running, check again later."""
     try:
         # the Hub token of this job travels with the task message only (never in the job record)
-        token = (self.request.headers or {}).get("hf_token") if hasattr(self.request, "headers") else None
+        token = getattr(self.request, "hf_token", None) or (getattr(self.request, "headers", None) or {}).get(
+            "hf_token"
+        )
         return run_job(
             store(), job_id, get_settings(), worker=self.request.hostname or hostname(), token=token
         )
     except JobBusy:
-        raise self.retry(countdown=LOCK_TTL) from None
+        raise self.retry(countdown=get_settings().lock_ttl) from None
 
 
 # --- heartbeats: GET /readyz counts live workers --------------------------------------------------------------

@@ -1,0 +1,574 @@
+"""Hub repos as Sources and Sinks, through huggingface_hub's own HTTP machinery (session, auth headers, errors).
+
+* :class:`HubSource` plans from the safetensors headers fetched with HTTP range requests (a few KB per shard) and
+  streams every planned byte range with range requests: adjacent ranges coalesced, several in flight at once,
+  retried with backoff on 5xx and dropped connections, every length checked. No shard is downloaded whole.
+* :class:`HubSink` writes each output shard to a local temporary file, pre-uploads it (LFS) as soon as it is
+  complete and deletes the local copy, so local disk holds about one shard. One commit at the end publishes the
+  shards, the index, the copied files and a model card section, on a branch, a new repo or a pull request. An open
+  pull request of the same conversion (same ``pr_key``) is reused instead of opening another. Nothing is visible
+  on the Hub unless that commit succeeds.
+
+>>> src = HubSource("mistralai/Mixtral-8x7B-v0.1", "main")                   # doctest: +SKIP
+>>> convert(src, HubSink("my-org/Mixtral-8x7B-grouped", private=True))     # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+from urllib.parse import quote
+
+from .errors import CheckpointError, CheckpointIndexError, ConversionError, UnsafePathError
+from .safetensors_io import (
+    INDEX_NAME,
+    MAX_HEADER_SIZE,
+    SINGLE_NAME,
+    CheckpointIndex,
+    ShardHeader,
+    assemble_index,
+    parse_header,
+    shard_files_from_index,
+)
+from .storage import WEIGHT_SUFFIXES
+
+HUB_PREFIX = "hf://"
+#: bytes asked for a shard's header: one request covers the 8-byte length and a header of up to ~4 KB
+HEADER_PROBE = 4096
+#: range requests are split into chunks of this size, several in flight at once
+CHUNK = 16 * 1024 * 1024
+PARALLEL = 4
+RETRIES = 6
+RETRY_STATUS = {429, 500, 502, 503, 504}
+#: a gap smaller than this between two wanted ranges of a file is read through rather than requested apart
+COALESCE_GAP = 0
+
+
+class HubError(ConversionError):
+    """The Hub refused or failed a request (after retries), or answered something we cannot trust."""
+
+    http_status = 502
+
+
+class RepoNotFoundError(HubError):
+    http_status = 404
+
+
+class RevisionNotFoundError(HubError):
+    http_status = 404
+
+
+class GatedRepoError(HubError):
+    http_status = 403
+
+
+def parse_hub_path(path: str) -> tuple[str, str | None]:
+    """``hf://org/name@rev`` -> (``org/name``, ``rev``); ``hf://org/name`` -> (``org/name``, None)."""
+    rest = path[len(HUB_PREFIX) :] if path.startswith(HUB_PREFIX) else path
+    repo, _, rev = rest.partition("@")
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", repo):
+        raise CheckpointError(f"{path!r} is not hf://org/name[@revision]", file=path)
+    return repo, rev or None
+
+
+def _map_hub_error(e: Exception, repo: str, revision: str | None) -> ConversionError:
+    from huggingface_hub import errors as hf
+
+    if isinstance(e, ConversionError):
+        return e
+    if isinstance(e, hf.GatedRepoError):
+        return GatedRepoError(f"{repo} is gated: accept its terms and use a token that has access", file=repo)
+    if isinstance(e, hf.RepositoryNotFoundError):
+        return RepoNotFoundError(f"repository {repo} not found (or not visible with this token)", file=repo)
+    if isinstance(e, hf.RevisionNotFoundError):
+        return RevisionNotFoundError(f"revision {revision!r} not found in {repo}", file=repo)
+    if isinstance(e, hf.EntryNotFoundError):
+        return CheckpointError(f"{repo}@{revision} has no such file", file=repo)
+    if isinstance(e, hf.HfHubHTTPError):
+        status = getattr(getattr(e, "response", None), "status_code", None)
+        return HubError(f"the Hub answered HTTP {status} for {repo}", file=repo)
+    return HubError(f"cannot talk to the Hub about {repo}: {type(e).__name__}", file=repo)
+
+
+def _api(token: str | None, endpoint: str | None) -> Any:
+    from huggingface_hub import HfApi
+
+    return HfApi(endpoint=endpoint, token=token)
+
+
+class RangeFetcher:
+    """GET byte ranges of files of one repo revision, with retries, backoff and strict length checks."""
+
+    def __init__(
+        self,
+        repo: str,
+        sha: str,
+        token: str | None,
+        endpoint: str | None,
+        *,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> None:
+        from huggingface_hub import constants
+        from huggingface_hub.utils import build_hf_headers
+
+        self.repo, self.sha = repo, sha
+        self.endpoint = (endpoint or constants.ENDPOINT).rstrip("/")
+        self.headers = build_hf_headers(token=token)
+        self.on_bytes = on_bytes
+        self.bytes_fetched = 0
+        self._lock = threading.Lock()
+
+    def url(self, file: str) -> str:
+        return f"{self.endpoint}/{self.repo}/resolve/{quote(self.sha, safe='')}/{quote(file)}"
+
+    def get(self, file: str, start: int, stop: int, *, total: int | None = None) -> tuple[bytes, int | None]:
+        """Bytes ``[start, stop)`` of ``file`` and the file's size (from Content-Range), retrying failures."""
+        from huggingface_hub.utils import get_session
+
+        want = stop - start
+        delay = 0.5
+        for attempt in range(RETRIES + 1):
+            try:
+                headers = {
+                    **self.headers,
+                    "Range": f"bytes={start}-{stop - 1}",
+                    "Accept-Encoding": "identity",
+                }
+                r = get_session().get(self.url(file), headers=headers, follow_redirects=True, timeout=60)
+                if r.status_code in RETRY_STATUS:
+                    raise _Retry(f"HTTP {r.status_code}")
+                if r.status_code == 416:
+                    raise CheckpointError(
+                        f"{file}: range {start}-{stop - 1} is past the end of the file", file=file
+                    )
+                if r.status_code not in (200, 206):
+                    from huggingface_hub.utils import hf_raise_for_status
+
+                    hf_raise_for_status(r)
+                body = r.content
+                size = total
+                if r.status_code == 206:
+                    m = re.match(r"bytes (\d+)-(\d+)/(\d+|\*)", r.headers.get("Content-Range", ""))
+                    if not m or int(m.group(1)) != start or int(m.group(2)) != stop - 1:
+                        raise HubError(f"{file}: the Hub answered range {r.headers.get('Content-Range')!r} "
+                                       f"for bytes {start}-{stop - 1}", file=file)  # fmt: skip
+                    size = int(m.group(3)) if m.group(3) != "*" else total
+                elif start == 0 and len(body) <= want:  # the whole (small) file, Range ignored
+                    size = len(body)
+                    want = min(want, size)
+                else:
+                    raise HubError(f"{file}: the Hub ignored the Range header (HTTP 200)", file=file)
+                if len(body) != want:
+                    raise _Retry(f"{len(body)} of {want} bytes")
+                with self._lock:
+                    self.bytes_fetched += len(body)
+                if self.on_bytes:
+                    self.on_bytes(len(body))
+                return body, size
+            except _Retry as e:
+                last: Exception = e
+            except ConversionError:
+                raise
+            except Exception as e:  # noqa: BLE001 - network errors: dropped connection, reset, timeout
+                from huggingface_hub import errors as hf
+
+                if isinstance(e, hf.HfHubHTTPError):
+                    raise _map_hub_error(e, self.repo, self.sha) from None
+                last = e
+            if attempt == RETRIES:
+                break
+            time.sleep(delay)
+            delay = min(delay * 2, 8)
+        raise HubError(
+            f"{file}: bytes {start}-{stop - 1} failed after {RETRIES + 1} attempts ({last})", file=file
+        )
+
+
+class _Retry(Exception):
+    pass
+
+
+@dataclass
+class _Job:
+    file: str
+    start: int
+    stop: int
+    future: Future | None = None
+
+
+class HubReader:
+    """The executor's reader for a Hub source: ``copy_run`` streams a run of ranges in order with prefetching."""
+
+    def __init__(self, fetcher: RangeFetcher, parallel: int = PARALLEL, chunk: int = CHUNK) -> None:
+        self.fetcher = fetcher
+        self.pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="hub-range")
+        self.parallel, self.chunk = parallel, chunk
+
+    def read(self, file: str, offset: int, length: int) -> bytes:
+        return b"".join(data for data in self._stream([(file, offset, length)]))
+
+    def copy_to(self, out: BinaryIO, file: str, offset: int, length: int) -> None:
+        for data in self._stream([(file, offset, length)]):
+            out.write(data)
+
+    def copy_run(
+        self, out: BinaryIO, ranges: list[tuple[str, int, int]], tick: Callable[[int], None]
+    ) -> None:
+        """Write ``ranges`` (file, offset, length) to ``out`` in order; up to ``parallel`` chunks in flight."""
+        for data in self._stream(ranges):
+            out.write(data)
+            tick(len(data))
+
+    def _stream(self, ranges: list[tuple[str, int, int]]) -> Iterator[bytes]:
+        jobs: deque[_Job] = deque()
+        for file, off, n in _coalesce(ranges):
+            for a in range(off, off + n, self.chunk):
+                jobs.append(_Job(file, a, min(a + self.chunk, off + n)))
+        inflight: deque[_Job] = deque()
+        try:
+            while jobs or inflight:
+                while jobs and len(inflight) < self.parallel:
+                    j = jobs.popleft()
+                    j.future = self.pool.submit(self.fetcher.get, j.file, j.start, j.stop)
+                    inflight.append(j)
+                j = inflight.popleft()
+                assert j.future is not None
+                data, _ = j.future.result()
+                yield data
+        finally:
+            for j in inflight:
+                if j.future is not None:
+                    j.future.cancel()
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _coalesce(ranges: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
+    out: list[tuple[str, int, int]] = []
+    for file, off, n in ranges:
+        if n <= 0:
+            continue
+        if out and out[-1][0] == file and out[-1][1] + out[-1][2] == off:
+            out[-1] = (file, out[-1][1], out[-1][2] + n)
+        else:
+            out.append((file, off, n))
+    return out
+
+
+class HubSource:
+    """A Hub repo at a revision, resolved once to a commit sha (so every read sees the same files)."""
+
+    def __init__(
+        self,
+        repo_id: str,
+        revision: str | None = "main",
+        *,
+        token: str | None = None,
+        endpoint: str | None = None,
+        parallel: int = PARALLEL,
+    ) -> None:
+        self.repo_id, self.token, self.endpoint, self.parallel = repo_id, token, endpoint, parallel
+        try:
+            info = _api(token, endpoint).model_info(repo_id, revision=revision or "main", files_metadata=True)
+        except Exception as e:  # noqa: BLE001
+            raise _map_hub_error(e, repo_id, revision) from None
+        self.sha: str = info.sha
+        self.sizes: dict[str, int | None] = {s.rfilename: s.size for s in (info.siblings or [])}
+        self.description = f"{HUB_PREFIX}{repo_id}@{self.sha}"
+        self.fetcher = RangeFetcher(repo_id, self.sha, token, endpoint)
+
+    # --- the planner's view: headers only --------------------------------------------------------------------
+
+    def _small_file(self, name: str) -> bytes | None:
+        if name not in self.sizes:
+            return None
+        size = self.sizes[name]
+        data, _ = self.fetcher.get(name, 0, size if size else 1 << 20)
+        return data
+
+    def read_config(self) -> dict[str, Any] | None:
+        raw = self._small_file("config.json")
+        if raw is None:
+            return None
+        try:
+            doc = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"config.json is not valid JSON ({e})", file="config.json") from None
+        return doc if isinstance(doc, dict) else None
+
+    def read_header(self, name: str) -> ShardHeader:
+        """A shard's header from one range request (two if the header is longer than ~4 KB)."""
+        from .errors import HeaderError
+
+        size = self.sizes.get(name)
+        probe = min(HEADER_PROBE, size) if size else HEADER_PROBE
+        head, total = self.fetcher.get(name, 0, probe, total=size)
+        total = total if total is not None else size
+        if total is None or total < 8 or len(head) < 8:
+            raise HeaderError(f"{name}: too short for a safetensors file", file=name)
+        n = int.from_bytes(head[:8], "little")
+        if n > MAX_HEADER_SIZE:
+            raise HeaderError(f"{name}: header length {n} exceeds the {MAX_HEADER_SIZE}-byte cap", file=name)
+        if n > total - 8:
+            raise HeaderError(
+                f"{name}: header length {n} runs past the end of the {total}-byte file", file=name
+            )
+        raw = head[8 : 8 + n]
+        if len(raw) < n:
+            rest, _ = self.fetcher.get(name, 8 + len(raw), 8 + n, total=total)
+            raw += rest
+        return parse_header(raw, file=name, file_size=total, header_size=n)
+
+    def read_index(self) -> CheckpointIndex:
+        weight_map: dict[str, str] | None = None
+        if INDEX_NAME in self.sizes:
+            raw = self._small_file(INDEX_NAME) or b""
+            try:
+                doc = json.loads(raw)
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise CheckpointIndexError(f"{INDEX_NAME} is not valid JSON ({e})", file=INDEX_NAME) from None
+            weight_map, meta = shard_files_from_index(doc)
+            files = list(dict.fromkeys(weight_map.values()))
+        elif SINGLE_NAME in self.sizes:
+            files, meta = [SINGLE_NAME], {}
+        else:
+            files, meta = sorted(f for f in self.sizes if "/" not in f and f.endswith(".safetensors")), {}
+            if not files:
+                raise CheckpointError(f"{self.description} has no safetensors weights", file=self.repo_id)
+        shards: dict[str, ShardHeader] = {}
+        for name in files:
+            if not name or "/" in name or "\\" in name or name in (".", ".."):
+                raise UnsafePathError(f"{INDEX_NAME} names shard {name!r}, not a plain file name", file=name)
+            if name not in self.sizes:
+                raise CheckpointIndexError(
+                    f"{INDEX_NAME} names shard {name}, which the repo does not have", file=name
+                )
+            shards[name] = self.read_header(name)
+        index = assemble_index(shards, weight_map)
+        index.index_metadata = meta
+        return index
+
+    def other_files(self) -> tuple[list[str], list[str]]:
+        copy, skipped = [], []
+        dirs: set[str] = set()
+        for name in sorted(self.sizes):
+            if "/" in name:
+                dirs.add(name.split("/", 1)[0] + "/")
+            elif name == INDEX_NAME or (name.startswith(".") and name != ".gitattributes"):
+                continue
+            elif name.endswith(WEIGHT_SUFFIXES):
+                if not name.endswith(".safetensors"):
+                    skipped.append(name)
+            else:
+                copy.append(name)
+        return copy, skipped + sorted(dirs)
+
+    # --- the executor's view -----------------------------------------------------------------------------------
+
+    @contextmanager
+    def reader(self) -> Iterator[HubReader]:
+        r = HubReader(self.fetcher, self.parallel)
+        try:
+            yield r
+        finally:
+            r.close()
+
+    @contextmanager
+    def open_file(self, name: str) -> Iterator[IO[bytes]]:
+        """A small non-weight file (config, tokenizer...), read into memory."""
+        size = self.sizes.get(name)
+        data = b"" if size == 0 else self.fetcher.get(name, 0, size or (1 << 30))[0]
+        yield io.BytesIO(data)
+
+
+# --- the sink -------------------------------------------------------------------------------------------------
+
+CARD_MARK = "<!-- ckpt-convert -->"
+
+
+def card_section(info: dict[str, str]) -> str:
+    rows = "\n".join(f"| {k} | {v} |" for k, v in info.items())
+    return (
+        f"\n\n{CARD_MARK}\n## Converted with ckpt-convert\n\n"
+        "This checkpoint was converted by ckpt-convert; the tensors are bit-identical to what the conversion rules "
+        "produce from the source.\n\n| | |\n|---|---|\n" + rows + "\n"
+    )
+
+
+class HubSink:
+    """Publishes to ``repo_id`` (created when missing) in ONE commit: on ``revision``, or a pull request."""
+
+    def __init__(
+        self,
+        repo_id: str,
+        *,
+        create_pr: bool = False,
+        private: bool = False,
+        revision: str = "main",
+        token: str | None = None,
+        endpoint: str | None = None,
+        pr_key: str | None = None,
+        card: dict[str, str] | None = None,
+        workdir: str | os.PathLike[str] | None = None,
+        job_id: str | None = None,
+    ) -> None:
+        self.repo_id, self.create_pr, self.private, self.revision = repo_id, create_pr, private, revision
+        self.token, self.endpoint, self.pr_key, self.card = token, endpoint, pr_key, card or {}
+        self.workdir, self.job_id = workdir, job_id
+        self.description = f"{HUB_PREFIX}{repo_id}" + (" (pull request)" if create_pr else f"@{revision}")
+        self.api = _api(token, endpoint)
+        self.tmp: Path | None = None
+        self.ops: list[Any] = []
+        self.pr_revision: str | None = None
+        self.bytes_uploaded_skipped = 0
+
+    def begin(self) -> None:
+        from huggingface_hub import errors as hf
+
+        try:
+            self.api.create_repo(self.repo_id, private=self.private, exist_ok=True)
+            if self.create_pr and self.pr_key:
+                for d in self.api.get_repo_discussions(
+                    self.repo_id, discussion_type="pull_request", discussion_status="open"
+                ):
+                    if self.pr_key in d.title:
+                        self.pr_revision = f"refs/pr/{d.num}"
+                        break
+        except hf.HfHubHTTPError as e:
+            raise _map_hub_error(e, self.repo_id, self.revision) from None
+        self.tmp = Path(tempfile.mkdtemp(prefix="ckpt-convert-upload-", dir=self.workdir))
+
+    def published_by_job(self) -> str | None:
+        """The URL of a commit this job already made (its worker died after committing, before recording it)."""
+        if not self.job_id:
+            return None
+        revision, _ = self._target
+        if self.create_pr and not self.pr_revision:
+            return None
+        try:
+            for c in self.api.list_repo_commits(self.repo_id, revision=revision):
+                if f"job {self.job_id}" in (c.title or "") + (c.message or ""):
+                    return f"{self.api.endpoint}/{self.repo_id}/commit/{c.commit_id}"
+        except Exception:  # noqa: BLE001 - an empty repo has no commits to find
+            return None
+        return None
+
+    @property
+    def _target(self) -> tuple[str, bool]:
+        """(revision, create_pr) for preupload and commit."""
+        if self.pr_revision:
+            return self.pr_revision, False
+        return self.revision, self.create_pr
+
+    @contextmanager
+    def open_shard(self, name: str) -> Iterator[BinaryIO]:
+        assert self.tmp is not None, "begin() first"
+        with open(self.tmp / name, "wb", buffering=0) as f:
+            yield f
+
+    def finish_shard(self, name: str) -> None:
+        """Pre-upload the finished shard now and free its local disk (LFS); a blob the Hub already holds is skipped."""
+        from huggingface_hub import CommitOperationAdd
+
+        assert self.tmp is not None
+        path = self.tmp / name
+        op = CommitOperationAdd(path_in_repo=name, path_or_fileobj=str(path))
+        revision, create_pr = self._target
+        try:
+            self.api.preupload_lfs_files(self.repo_id, additions=[op], revision=revision, create_pr=create_pr)
+        except Exception as e:  # noqa: BLE001
+            raise _map_hub_error(e, self.repo_id, revision) from None
+        if getattr(op, "_upload_mode", None) == "lfs":
+            path.unlink()  # uploaded: the commit only needs its sha256 and size
+        self.ops.append(op)
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        from huggingface_hub import CommitOperationAdd
+
+        self.ops.append(CommitOperationAdd(path_in_repo=name, path_or_fileobj=data))
+
+    def copy_file(self, source: Any, name: str) -> None:
+        with source.open_file(name) as f:
+            data = f.read()
+        if name == "README.md" and self.card:
+            data = (
+                data.decode("utf-8", errors="replace").split(CARD_MARK)[0].rstrip().encode()
+                + card_section(self.card).encode()
+            )
+            self.card = {}
+        self.write_bytes(name, data)
+
+    def commit(self, message: str) -> str:
+        from huggingface_hub import errors as hf
+
+        if self.card:  # the source had no README.md
+            self.write_bytes("README.md", card_section(self.card).lstrip().encode())
+            self.card = {}
+        revision, create_pr = self._target
+        if create_pr and self.pr_key:
+            message = (
+                f"{message} [{self.pr_key}]"  # the PR title: the same conversion finds and reuses the PR
+            )
+        try:
+            self.ops.extend(self._stale_weights(revision))
+            info = self.api.create_commit(
+                self.repo_id,
+                operations=self.ops,
+                commit_message=message,
+                revision=revision,
+                create_pr=create_pr,
+            )
+        except hf.HfHubHTTPError as e:
+            raise _map_hub_error(e, self.repo_id, revision) from None
+        finally:
+            self._cleanup()
+        if (
+            self.pr_revision
+        ):  # an existing PR of the same conversion got the commit (or already had these files)
+            return f"{self.api.endpoint}/{self.repo_id}/discussions/{self.pr_revision.rsplit('/', 1)[1]}"
+        return str(info.pr_url or info.commit_url)
+
+    def _stale_weights(self, revision: str) -> list[Any]:
+        """Deletions for the safetensors weights already at ``revision`` that this commit does not rewrite (the
+        source's own shards when converting in a pull request on it, or an earlier conversion's extra shards):
+        the result must hold one consistent checkpoint, not two layouts mixed."""
+        from huggingface_hub import CommitOperationDelete
+        from huggingface_hub import errors as hf
+
+        written = {op.path_in_repo for op in self.ops}
+        try:
+            existing = self.api.list_repo_files(self.repo_id, revision=revision)
+        except (hf.RevisionNotFoundError, hf.RepositoryNotFoundError):
+            return []
+        return [
+            CommitOperationDelete(path_in_repo=f)
+            for f in existing
+            if "/" not in f and (f.endswith(".safetensors") or f == INDEX_NAME) and f not in written
+        ]
+
+    def abort(self) -> None:
+        self._cleanup()
+
+    def _cleanup(self) -> None:
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
+
+
+def open_hub_source(path: str, *, token: str | None = None, endpoint: str | None = None) -> HubSource:
+    repo, rev = parse_hub_path(path)
+    return HubSource(repo, rev or "main", token=token, endpoint=endpoint)
