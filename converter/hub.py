@@ -424,11 +424,10 @@ class HubSink:
         pr_key: str | None = None,
         card: dict[str, str] | None = None,
         workdir: str | os.PathLike[str] | None = None,
-        job_id: str | None = None,
     ) -> None:
         self.repo_id, self.create_pr, self.private, self.revision = repo_id, create_pr, private, revision
         self.token, self.endpoint, self.pr_key, self.card = token, endpoint, pr_key, card or {}
-        self.workdir, self.job_id = workdir, job_id
+        self.workdir = workdir
         self.description = f"{HUB_PREFIX}{repo_id}" + (" (pull request)" if create_pr else f"@{revision}")
         self.api = _api(token, endpoint)
         self.tmp: Path | None = None
@@ -452,16 +451,17 @@ class HubSink:
             raise _map_hub_error(e, self.repo_id, self.revision) from None
         self.tmp = Path(tempfile.mkdtemp(prefix="ckpt-convert-upload-", dir=self.workdir))
 
-    def published_by_job(self) -> str | None:
-        """The URL of a commit this job already made (its worker died after committing, before recording it)."""
-        if not self.job_id:
+    def already_published(self) -> str | None:
+        """The URL of a commit of this same conversion (``pr_key`` in its message) at the target: a run that died
+        after committing, before recording it. Publishing it again would only duplicate it."""
+        if not self.pr_key:
             return None
         revision, _ = self._target
         if self.create_pr and not self.pr_revision:
             return None
         try:
             for c in self.api.list_repo_commits(self.repo_id, revision=revision):
-                if f"job {self.job_id}" in (c.title or "") + (c.message or ""):
+                if f"[{self.pr_key}]" in (c.title or "") + (c.message or ""):
                     return f"{self.api.endpoint}/{self.repo_id}/commit/{c.commit_id}"
         except Exception:  # noqa: BLE001 - an empty repo has no commits to find
             return None
@@ -519,10 +519,10 @@ class HubSink:
             self.write_bytes("README.md", card_section(self.card).lstrip().encode())
             self.card = {}
         revision, create_pr = self._target
-        if create_pr and self.pr_key:
-            message = (
-                f"{message} [{self.pr_key}]"  # the PR title: the same conversion finds and reuses the PR
-            )
+        if self.pr_key and f"[{self.pr_key}]" not in message:
+            # the key in the commit message (and so in a new PR's title): the same conversion finds its PR, or
+            # its commit if a run died after making it
+            message = f"{message} [{self.pr_key}]"
         try:
             self.ops.extend(self._stale_weights(revision))
             info = self.api.create_commit(

@@ -16,8 +16,8 @@ import pytest
 tm = pytest.importorskip("tiny_models")
 
 from helpers import assert_same_tensors, read_tensors  # noqa: E402
-from hub_standin import HubStandIn  # noqa: E402
-from huggingface_hub import HfApi, constants, snapshot_download  # noqa: E402
+from hubenv import isolated_hub, upload_tiny_mixtral  # noqa: E402
+from huggingface_hub import snapshot_download  # noqa: E402
 
 from converter import convert, plan  # noqa: E402
 from converter.errors import CheckpointError, ConversionError  # noqa: E402
@@ -36,33 +36,11 @@ SRC = "org/tiny-mixtral"
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
-    """An LFS-mode stand-in; huggingface_hub isolated in a temp HF_HOME, Xet off (the stand-in speaks git-LFS)."""
+    """An LFS-mode stand-in holding SRC (a tiny random Mixtral in the published layout)."""
     root = tmp_path_factory.mktemp("hub")
-    mp = pytest.MonkeyPatch()
-    home = root / "hf_home"
-    for k, v in {"HF_HOME": home, "HF_HUB_CACHE": home / "hub", "HF_HUB_DISABLE_XET": "1",
-                 "HF_HUB_DISABLE_TELEMETRY": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}.items():  # fmt: skip
-        mp.setenv(k, str(v))
-    for k in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT"):
-        mp.delenv(k, raising=False)
-    mp.setattr(constants, "HF_HOME", str(home))
-    mp.setattr(constants, "HF_HUB_CACHE", str(home / "hub"))
-    mp.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
-    mp.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
-    mp.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    mp.setattr(sys.modules["huggingface_hub.utils.tqdm"], "HF_HUB_DISABLE_PROGRESS_BARS", True)
-    with HubStandIn(root / "standin", upload_mode="lfs") as h:
-        h.root = root
-        h.api = HfApi(endpoint=h.endpoint)
-        model = tm.build_model("mixtral")
-        tm.save_published(model, root / "published", max_shard_bytes=60_000)
-        (root / "published" / "README.md").write_text("# tiny mixtral\n\nA test model.\n")
-        h.api.create_repo(SRC)
-        h.api.upload_folder(repo_id=SRC, folder_path=root / "published")
-        h.want = tm.load_state_dict(root / "published", "mixtral")
-        h.published = read_tensors(root / "published")
+    with isolated_hub(root) as h:
+        h.want, h.published = upload_tiny_mixtral(h, SRC)
         yield h
-    mp.undo()
 
 
 def download(hub, repo, revision="main"):
@@ -189,7 +167,7 @@ def test_typed_errors(hub):
     with pytest.raises(RevisionNotFoundError):
         HubSource(SRC, "no-such-branch", endpoint=hub.endpoint)
     hub.api.create_repo("org/gated")
-    hub.api.upload_folder(repo_id="org/gated", folder_path=hub.root / "published")
+    hub.api.upload_folder(repo_id="org/gated", folder_path=hub.root / "published-org--tiny-mixtral")
     hub.set_gated("org/gated")
     with pytest.raises(GatedRepoError):
         plan(HubSource("org/gated", "main", endpoint=hub.endpoint))

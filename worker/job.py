@@ -135,15 +135,20 @@ def _cancel_poller(store: JobStore, job_id: str, every: float = 0.2) -> Callable
     return should_cancel
 
 
-def _already_published(dest: Path, job_id: str) -> bool:
-    """True if ``dest`` holds the output of this very job (a run that died right after publishing)."""
+def conversion_key(rec: dict[str, Any], job_id: str) -> str:
+    """Short id of the normalised request: the same conversion has the same key, whichever job runs it."""
+    return str(rec.get("idem_hash") or job_id)[:16]
+
+
+def _already_published(dest: Path, key: str) -> bool:
+    """True if ``dest`` holds the output of this very conversion (a run that died right after publishing)."""
     if not dest.is_dir():
         return False
     try:
         index = read_local_checkpoint(dest)
     except ConversionError:
         return False
-    return any(h.metadata.get("job_id") == job_id for h in index.shards.values())
+    return any(h.metadata.get("conversion") == key for h in index.shards.values())
 
 
 def _open_source(rec: dict[str, Any], settings: Settings, token: str | None) -> Any:
@@ -172,9 +177,8 @@ def _open_sink(
         private=dest.get("private", False),
         token=token,
         endpoint=settings.hf_endpoint,
-        pr_key=(rec.get("idem_hash") or job_id)[:12],
+        pr_key=conversion_key(rec, job_id),
         card=card,
-        job_id=job_id,
     )
 
 
@@ -227,6 +231,7 @@ class _Run:
             store, job_id, rec, settings, worker, token,
         )  # fmt: skip
         self.rep = _Reporter(store, job_id, settings.progress_interval)
+        self.key = conversion_key(rec, job_id)
 
     def finish(self, status: str, **fields: Any) -> str:
         ok = _until_redis_is_back(
@@ -253,7 +258,7 @@ class _Run:
         try:
             rep.enter("resolving")
             dest = rec["destination"]
-            if "local_path" in dest and _already_published(Path(dest["local_path"]), job_id):
+            if "local_path" in dest and _already_published(Path(dest["local_path"]), self.key):
                 return self.finish("succeeded", result={"output": dest["local_path"], "noop": False})
             source = _open_source(rec, settings, self.token)
             rep.enter("planning")
@@ -281,7 +286,7 @@ class _Run:
                 "source": f"{rec['source']}@{rec.get('source_sha') or rec.get('revision')}",
             }
             sink = _open_sink(rec, job_id, settings, self.token, source, card)
-            if (published := getattr(sink, "published_by_job", lambda: None)()) is not None:
+            if (published := getattr(sink, "already_published", lambda: None)()) is not None:
                 return self.finish("succeeded", result={"output": published, "noop": False})
             res = execute(
                 p,
@@ -289,9 +294,11 @@ class _Run:
                 sink,
                 progress=rep.on_progress,
                 should_cancel=_cancel_poller(store, job_id),
-                metadata={"job_id": job_id},
+                # the conversion key, not the job id: a retry of the same conversion writes the same bytes, so
+                # shards a failed attempt already uploaded are not uploaded again
+                metadata={"conversion": self.key},
                 max_bytes_per_second=settings.max_bytes_per_second or None,
-                commit_message=f"Convert {rec['source']} ({p.model_type}, {p.direction}) with ckpt-convert, job {job_id}",
+                commit_message=f"Convert {rec['source']} ({p.model_type}, {p.direction}) with ckpt-convert [{self.key}]",
             )
             s = res.summary()
             result = {
