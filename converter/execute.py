@@ -188,6 +188,123 @@ def provenance(p: Plan) -> dict[str, str]:
     }
 
 
+class Meter:
+    """Progress, cancellation and the optional rate cap, shared by everything that writes bytes for one run."""
+
+    def __init__(
+        self,
+        p: Plan,
+        progress: ProgressCallback | None,
+        should_cancel: Callable[[], bool] | None,
+        max_bytes_per_second: float | None,
+        total_bytes: int | None = None,
+        total_tensors: int | None = None,
+    ) -> None:
+        self.started = time.monotonic()
+        total_bytes = p.total_bytes if total_bytes is None else total_bytes
+        total_tensors = len(p.tensors) if total_tensors is None else total_tensors
+        self.state = Progress("converting", 0, total_bytes, 0, total_tensors, started=self.started)
+        self.progress, self.should_cancel, self.max_bps = progress, should_cancel, max_bytes_per_second
+        self.last_report = 0.0
+
+    @property
+    def copy_chunk(self) -> int:
+        if self.max_bps:  # about ten rate checks (and progress reports) a second
+            return max(64 * 1024, min(COMPUTE_CHUNK, int(self.max_bps / 10)))
+        return COMPUTE_CHUNK
+
+    def report(self, force: bool = False) -> None:
+        if self.progress is not None:
+            now = time.monotonic()
+            if force or now - self.last_report >= 0.1:
+                self.last_report = now
+                self.progress(self.state)
+
+    def phase(self, name: str) -> None:
+        self.state.phase = name
+        self.report(force=True)
+
+    def tick(self, n: int) -> None:
+        self.state.bytes_done += n
+        if self.should_cancel is not None and self.should_cancel():
+            raise CancelledError("conversion cancelled; nothing was published")
+        if self.max_bps:
+            ahead = self.state.bytes_done / self.max_bps - (time.monotonic() - self.started)
+            if ahead > 0:
+                time.sleep(ahead)
+        self.report()
+
+
+@dataclass
+class ShardWritten:
+    """One output shard, written (and for the Hub, pre-uploaded): what the final commit needs to know of it."""
+
+    file: str
+    size: int
+    upload: dict[str, Any] | None = None  # Hub: sha256, size, sample of the pre-uploaded blob
+    worker: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "size": self.size, "upload": self.upload, "worker": self.worker}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ShardWritten:
+        return cls(d["file"], d["size"], d.get("upload"), d.get("worker", ""))
+
+
+def write_shards(
+    p: Plan,
+    source: Source,
+    sink: Sink,
+    indices: list[int],
+    meter: Meter,
+    metadata: Mapping[str, str] | None = None,
+) -> list[ShardWritten]:
+    """Write shards ``indices`` of plan ``p`` into ``sink``: each header (known from the plan), then its tensors'
+    bytes; then hand the finished shard to the sink (a Hub sink pre-uploads it and frees the local copy).
+
+    Deterministic: the same plan writes the same bytes, so a shard written twice (a retried task) is identical."""
+    meta = {**provenance(p), **(metadata or {})}
+    out_shards: list[ShardWritten] = []
+    with source.reader() as reader:
+        streamer = _Streamer(reader, meter.tick, meter.copy_chunk)
+        for i in indices:
+            shard = p.shards[i]
+            meter.state.shard = shard.file
+            header, _ = encode_header(((t.name, t.dtype, t.shape) for t in shard.tensors), meta)
+            done_before = meter.state.tensors_done
+            streamer.tick = _counting_tick(meter.state, [t.nbytes for t in shard.tensors], meter.tick)
+            with sink.open_shard(shard.file) as out:
+                out.write(header)
+                streamer.write_shard(out, [t.tensor for t in shard.tensors])
+            meter.state.tensors_done = done_before + len(shard.tensors)
+            meter.report()
+            upload = sink.finish_shard(shard.file)
+            out_shards.append(ShardWritten(shard.file, len(header) + shard.nbytes, upload))
+    return out_shards
+
+
+def publish(
+    p: Plan, source: Source, sink: Sink, meter: Meter, commit_message: str = ""
+) -> tuple[str, list[str], list[str]]:
+    """After every shard is written: the index, the other files (config, tokenizer...), then the one commit.
+    Returns (where it was published, files copied, files skipped)."""
+    copy, skipped = source.other_files()
+    if len(p.shards) > 1:
+        meter.phase("writing index")
+        sink.write_bytes(INDEX_NAME, index_json(p))
+    meter.phase("copying files")
+    for name in copy:
+        if name == "config.json" and p.output_config is not None:
+            continue  # rewritten below
+        sink.copy_file(source, name)
+    if p.output_config is not None:
+        sink.write_bytes("config.json", (json.dumps(p.output_config, indent=2) + "\n").encode())
+    meter.phase("publishing")
+    where = sink.commit(commit_message or f"Convert {p.model_type} checkpoint ({p.direction})")
+    return where, copy, skipped
+
+
 def execute(
     p: Plan,
     source: Source,
@@ -195,84 +312,30 @@ def execute(
     *,
     progress: ProgressCallback | None = None,
     should_cancel: Callable[[], bool] | None = None,
-    copy_files: bool = True,
     commit_message: str = "",
     metadata: Mapping[str, str] | None = None,
     max_bytes_per_second: float | None = None,
 ) -> ConversionResult:
     """Write every shard of plan ``p`` into ``sink``, then the index and the other files, then commit.
 
-    ``metadata`` is added to every shard's safetensors ``__metadata__`` (the service records its job id there).
-    ``max_bytes_per_second`` caps the write rate (a shared disk or network stays usable for others).
+    ``metadata`` is added to every shard's safetensors ``__metadata__`` (the service records its conversion key
+    there). ``max_bytes_per_second`` caps the write rate (a shared disk or network stays usable for others).
 
     ``should_cancel`` is polled between chunks; when it returns True the sink is aborted and
     :class:`~converter.errors.CancelledError` raised. Any failure aborts the sink: nothing is published.
     """
-    started = time.monotonic()
-    state = Progress("converting", 0, p.total_bytes, 0, len(p.tensors), started=started)
-    last_report = [0.0]
-
-    def report(force: bool = False) -> None:
-        if progress is not None:
-            now = time.monotonic()
-            if force or now - last_report[0] >= 0.1:
-                last_report[0] = now
-                progress(state)
-
-    def tick(n: int) -> None:
-        state.bytes_done += n
-        if should_cancel is not None and should_cancel():
-            raise CancelledError("conversion cancelled; nothing was published")
-        if max_bytes_per_second:
-            ahead = state.bytes_done / max_bytes_per_second - (time.monotonic() - started)
-            if ahead > 0:
-                time.sleep(ahead)
-        report()
-
-    copy, skipped = source.other_files() if copy_files else ([], [])
-    shards: list[tuple[str, int]] = []
+    meter = Meter(p, progress, should_cancel, max_bytes_per_second)
     sink.begin()
     try:
-        report(force=True)
-        meta = {**provenance(p), **(metadata or {})}
-        with source.reader() as reader:
-            chunk = COMPUTE_CHUNK
-            if max_bytes_per_second:  # about ten rate checks (and progress reports) a second
-                chunk = max(64 * 1024, min(chunk, int(max_bytes_per_second / 10)))
-            streamer = _Streamer(reader, tick, chunk)
-            for shard in p.shards:
-                state.shard = shard.file
-                header, _ = encode_header(((t.name, t.dtype, t.shape) for t in shard.tensors), meta)
-                done_before = state.tensors_done
-                streamer.tick = _counting_tick(state, [t.nbytes for t in shard.tensors], tick)
-                with sink.open_shard(shard.file) as out:
-                    out.write(header)
-                    streamer.write_shard(out, [t.tensor for t in shard.tensors])
-                state.tensors_done = done_before + len(shard.tensors)
-                report()
-                sink.finish_shard(shard.file)
-                shards.append((shard.file, len(header) + shard.nbytes))
-        if len(p.shards) > 1:
-            state.phase = "writing index"
-            report(force=True)
-            sink.write_bytes(INDEX_NAME, index_json(p))
-        state.phase = "copying files"
-        report(force=True)
-        for name in copy:
-            if name == "config.json" and p.output_config is not None:
-                continue  # rewritten below
-            sink.copy_file(source, name)
-        if p.output_config is not None:
-            sink.write_bytes("config.json", (json.dumps(p.output_config, indent=2) + "\n").encode())
-        state.phase = "publishing"
-        report(force=True)
-        where = sink.commit(commit_message or f"Convert {p.model_type} checkpoint ({p.direction})")
+        meter.report(force=True)
+        shards = write_shards(p, source, sink, list(range(len(p.shards))), meter, metadata)
+        where, copy, skipped = publish(p, source, sink, meter, commit_message)
     except BaseException:
         sink.abort()
         raise
-    state.phase = "done"
-    report(force=True)
-    return ConversionResult(where, p, shards, copy, skipped, time.monotonic() - started)
+    meter.phase("done")
+    written = [(s.file, s.size) for s in shards]
+    return ConversionResult(where, p, written, copy, skipped, time.monotonic() - meter.started)
 
 
 def index_json(p: Plan) -> bytes:

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import os
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import IO, Any, BinaryIO
 from urllib.parse import quote
 
-from .errors import CheckpointError, CheckpointIndexError, ConversionError, UnsafePathError
+from .errors import CheckpointError, CheckpointIndexError, ConversionError, UnsafePathError, UnsupportedError
 from .safetensors_io import (
     INDEX_NAME,
     MAX_HEADER_SIZE,
@@ -424,7 +425,9 @@ class HubSink:
         pr_key: str | None = None,
         card: dict[str, str] | None = None,
         workdir: str | os.PathLike[str] | None = None,
+        pr_revision: str | None = None,
     ) -> None:
+        """``pr_revision`` (``refs/pr/N``): the pull request found by :meth:`begin` in another process."""
         self.repo_id, self.create_pr, self.private, self.revision = repo_id, create_pr, private, revision
         self.token, self.endpoint, self.pr_key, self.card = token, endpoint, pr_key, card or {}
         self.workdir = workdir
@@ -432,8 +435,7 @@ class HubSink:
         self.api = _api(token, endpoint)
         self.tmp: Path | None = None
         self.ops: list[Any] = []
-        self.pr_revision: str | None = None
-        self.bytes_uploaded_skipped = 0
+        self.pr_revision: str | None = pr_revision
 
     def begin(self) -> None:
         from huggingface_hub import errors as hf
@@ -450,6 +452,28 @@ class HubSink:
         except hf.HfHubHTTPError as e:
             raise _map_hub_error(e, self.repo_id, self.revision) from None
         self.tmp = Path(tempfile.mkdtemp(prefix="ckpt-convert-upload-", dir=self.workdir))
+
+    def attach(self) -> None:
+        """Join a publication :meth:`begin` prepared in another process: only a local folder for shard files."""
+        self.tmp = Path(tempfile.mkdtemp(prefix="ckpt-convert-upload-", dir=self.workdir))
+
+    def add_written(self, file: str, size: int, upload: dict[str, Any] | None) -> None:
+        """A shard another process pre-uploaded: the commit needs only its sha256, size and first bytes."""
+        from huggingface_hub import CommitOperationAdd
+        from huggingface_hub.lfs import UploadInfo
+
+        if not upload or upload.get("mode") != "lfs":
+            raise UnsupportedError(
+                f"the Hub asked for {file} inline (not LFS): a job whose shards are written by several workers "
+                "needs LFS uploads", file=file,
+            )  # fmt: skip
+        op = CommitOperationAdd(path_in_repo=file, path_or_fileobj=b"")
+        op.upload_info = UploadInfo(
+            size=size, sample=base64.b64decode(upload["sample"]), sha256=bytes.fromhex(upload["sha256"])
+        )
+        # what preupload_lfs_files records on an operation it uploaded (huggingface_hub 2.4)
+        op._upload_mode, op._is_uploaded = "lfs", True
+        self.ops.append(op)
 
     def already_published(self) -> str | None:
         """The URL of a commit of this same conversion (``pr_key`` in its message) at the target: a run that died
@@ -480,8 +504,9 @@ class HubSink:
         with open(self.tmp / name, "wb", buffering=0) as f:
             yield f
 
-    def finish_shard(self, name: str) -> None:
-        """Pre-upload the finished shard now and free its local disk (LFS); a blob the Hub already holds is skipped."""
+    def finish_shard(self, name: str) -> dict[str, Any] | None:
+        """Pre-upload the finished shard now and free its local disk (LFS); a blob the Hub already holds is
+        skipped. Returns what another process needs to commit it (:meth:`add_written`)."""
         from huggingface_hub import CommitOperationAdd
 
         assert self.tmp is not None
@@ -492,9 +517,17 @@ class HubSink:
             self.api.preupload_lfs_files(self.repo_id, additions=[op], revision=revision, create_pr=create_pr)
         except Exception as e:  # noqa: BLE001
             raise _map_hub_error(e, self.repo_id, revision) from None
-        if getattr(op, "_upload_mode", None) == "lfs":
+        mode = getattr(op, "_upload_mode", None)
+        info = {
+            "mode": mode,
+            "sha256": op.upload_info.sha256.hex(),
+            "size": op.upload_info.size,
+            "sample": base64.b64encode(op.upload_info.sample).decode(),
+        }
+        if mode == "lfs":
             path.unlink()  # uploaded: the commit only needs its sha256 and size
         self.ops.append(op)
+        return info
 
     def write_bytes(self, name: str, data: bytes) -> None:
         from huggingface_hub import CommitOperationAdd

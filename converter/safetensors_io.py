@@ -20,7 +20,7 @@ import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from .errors import CheckpointError, CheckpointIndexError, DuplicateTensorError, HeaderError, UnsafePathError
 
@@ -284,6 +284,42 @@ class CheckpointIndex:
     @property
     def total_size(self) -> int:
         return sum(t.length for t in self.tensors.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON form (to hand a planned checkpoint to other processes without reading headers again)."""
+        return {
+            "shards": {
+                f: {
+                    "header_size": h.header_size,
+                    "file_size": h.file_size,
+                    "metadata": h.metadata,
+                    "tensors": {
+                        n: [t.dtype, list(t.shape), t.offset, t.length] for n, t in h.tensors.items()
+                    },
+                }
+                for f, h in self.shards.items()
+            },
+            "index_metadata": self.index_metadata,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> CheckpointIndex:
+        shards = {
+            f: ShardHeader(
+                f,
+                h["header_size"],
+                h["file_size"],
+                dict(h["metadata"]),
+                {
+                    n: TensorInfo(n, dt, tuple(sh), f, off, ln)
+                    for n, (dt, sh, off, ln) in h["tensors"].items()
+                },
+            )
+            for f, h in d["shards"].items()
+        }
+        index = CheckpointIndex(shards, {n: t for h in shards.values() for n, t in h.tensors.items()})
+        index.index_metadata = dict(d.get("index_metadata") or {})
+        return index
 
 
 def shard_files_from_index(

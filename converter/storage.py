@@ -162,7 +162,15 @@ class Sink(Protocol):
 
     def open_shard(self, name: str) -> Any: ...  # context manager yielding an unbuffered binary file
 
-    def finish_shard(self, name: str) -> None: ...
+    def finish_shard(
+        self, name: str
+    ) -> dict[str, Any] | None: ...  # a Hub sink returns the uploaded blob's info
+
+    def attach(self) -> None: ...  # join the staging another process began (a sharded job's subtasks)
+
+    def add_written(
+        self, file: str, size: int, upload: dict[str, Any] | None
+    ) -> None: ...  # written elsewhere
 
     def write_bytes(self, name: str, data: bytes) -> None: ...
 
@@ -189,6 +197,7 @@ class LocalSink:
         self.final = Path(folder).absolute()
         self.overwrite = overwrite
         self.tag = tag
+        self._parts: dict[str, Path] = {}
         self.description = str(self.final)
         self.tmp: Path | None = None
         self._check(source_root)
@@ -209,12 +218,28 @@ class LocalSink:
                 f"output folder {final} is not empty; pass --overwrite to replace it", file=str(final)
             )
 
+    def _staging(self) -> Path:
+        return self.final.parent / f".{self.final.name}.partial-{self.tag or uuid.uuid4().hex[:8]}"
+
     def begin(self) -> None:
         self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self.final.parent / f".{self.final.name}.partial-{self.tag or uuid.uuid4().hex[:8]}"
+        self.tmp = self._staging()
         if self.tag is not None and self.tmp.exists():
             shutil.rmtree(self.tmp)
         self.tmp.mkdir()
+
+    def attach(self) -> None:
+        """Write into the staging folder that :meth:`begin` made in another process (same ``tag``, shared disk)."""
+        assert self.tag is not None, "attach() needs a tag"
+        self.tmp = self._staging()
+        if not self.tmp.is_dir():
+            raise CheckpointError(f"staging folder {self.tmp} is gone (cancelled, or not on a shared disk?)")
+
+    def add_written(self, file: str, size: int, upload: dict[str, Any] | None) -> None:
+        """Check that a shard another process wrote is complete in the staging folder."""
+        p = self._path(file)
+        if not p.is_file() or p.stat().st_size != size:
+            raise CheckpointError(f"output shard {file} is missing or incomplete in {self.tmp}", file=file)
 
     def _path(self, name: str) -> Path:
         assert self.tmp is not None, "begin() first"
@@ -222,11 +247,16 @@ class LocalSink:
 
     @contextmanager
     def open_shard(self, name: str) -> Iterator[BinaryIO]:
-        with open(self._path(name), "wb", buffering=0) as f:
+        """Written under a name of its own and renamed by :meth:`finish_shard`: a shard under its final name is
+        complete, even if two deliveries of the same task wrote it at once."""
+        part = self._path(f"{name}.part-{uuid.uuid4().hex[:8]}")
+        self._parts[name] = part
+        with open(part, "wb", buffering=0) as f:
             yield f
 
-    def finish_shard(self, name: str) -> None:
-        pass
+    def finish_shard(self, name: str) -> dict[str, Any] | None:
+        os.replace(self._parts.pop(name), self._path(name))
+        return None
 
     def write_bytes(self, name: str, data: bytes) -> None:
         self._path(name).write_bytes(data)
@@ -254,6 +284,30 @@ class LocalSink:
         if self.tmp is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = None
+
+
+class CachedSource:
+    """A Source whose headers and config were read before (by another process): planning it reads nothing;
+    bytes and other files still come from ``inner``."""
+
+    def __init__(self, inner: Source, index: CheckpointIndex, config: dict[str, Any] | None) -> None:
+        self.inner, self.index, self.config = inner, index, config
+        self.description = inner.description
+
+    def read_index(self) -> CheckpointIndex:
+        return self.index
+
+    def read_config(self) -> dict[str, Any] | None:
+        return self.config
+
+    def other_files(self) -> tuple[list[str], list[str]]:
+        return self.inner.other_files()
+
+    def reader(self) -> Any:
+        return self.inner.reader()
+
+    def open_file(self, name: str) -> Any:
+        return self.inner.open_file(name)
 
 
 def open_source(source: str | os.PathLike[str] | Source) -> Source:

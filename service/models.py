@@ -91,6 +91,12 @@ class ShardInfo(BaseModel):
     size: int
 
 
+class SubtaskInfo(BaseModel):
+    part: int
+    worker: str = Field(description="the worker (Celery hostname) that wrote these shards")
+    shards: list[str]
+
+
 class JobResult(BaseModel):
     output: str = Field(description="output folder, Hub repo URL or pull request URL")
     noop: bool = Field(False, description="the source was already in the target layout; nothing was written")
@@ -99,6 +105,7 @@ class JobResult(BaseModel):
     skipped_files: list[str] = []
     bytes_written: int = 0
     seconds: float = 0.0
+    subtasks: list[SubtaskInfo] = Field([], description="a job of several shards: which worker wrote which")
 
 
 class PhaseTiming(BaseModel):

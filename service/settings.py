@@ -36,8 +36,14 @@ class Settings(BaseSettings):
     allowed_local_roots: str = ""
     data_dir: Path = Field(default_factory=default_data_dir)
     max_attempts: int = 3
-    #: a task longer than this would be redelivered while still running: large jobs fan out into per-shard tasks
-    visibility_timeout: int = 6 * 3600
+    #: Redis redelivers a task not acknowledged within this many seconds (also how the task of a worker that died
+    #: is picked up again). It must exceed the longest task: a job of several output shards runs as one task per
+    #: ``shards_per_task`` shards (minutes each for 5 GB shards), so an hour leaves a wide margin.
+    visibility_timeout: int = 3600
+    #: a job with at least this many output shards is spread over subtasks (0: always one task)
+    fanout_min_shards: int = 2
+    #: output shards per subtask
+    shards_per_task: int = 1
     #: a running job holds a lock refreshed every third of this; a lost worker's lock expires after it (seconds)
     lock_ttl: int = 30
     #: how often running jobs report progress (seconds)

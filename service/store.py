@@ -17,9 +17,11 @@ the record. Keys (prefix ``ckc:``):
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
+import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -76,6 +78,36 @@ return {id, 1}
 """
 
 
+# Progress of a job whose shards are written by several tasks. KEYS: parts hash, job hash, events stream.
+# ARGV: part, bytes done, tensors done (of that part), bytes total, tensors total, phase, now. The sums over parts
+# only ever grow in the record (a redelivered part restarting from 0 does not move the bar back).
+_PART_PROGRESS = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. ':' .. ARGV[3])
+local b, t = 0, 0
+for _, v in ipairs(redis.call('HVALS', KEYS[1])) do
+  local sep = string.find(v, ':')
+  b = b + tonumber(string.sub(v, 1, sep - 1))
+  t = t + tonumber(string.sub(v, sep + 1))
+end
+local prev = tonumber(redis.call('HGET', KEYS[2], 'parts_bytes') or '-1')
+if b <= prev then return 0 end
+redis.call('HSET', KEYS[2], 'parts_bytes', b)
+local total = tonumber(ARGV[4])
+local started = tonumber(redis.call('HGET', KEYS[2], 'started_at') or ARGV[7])
+local elapsed = tonumber(ARGV[7]) - started
+local rate, eta = cjson.null, cjson.null
+if elapsed > 0 and b > 0 then
+  rate = b / elapsed
+  eta = (total - b) / rate
+end
+local p = cjson.encode({phase = ARGV[6], bytes_done = b, bytes_total = total, tensors_done = t,
+                        tensors_total = tonumber(ARGV[5]), eta_seconds = eta, bytes_per_second = rate})
+redis.call('HSET', KEYS[2], 'progress', p)
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', 2000, '*', 'type', 'progress', 'data', p)
+return 1
+"""
+
+
 def now() -> float:
     return time.time()
 
@@ -106,6 +138,7 @@ class JobStore:
             self.r = url_or_client
         self._transition = self.r.register_script(_TRANSITION)
         self._create = self.r.register_script(_CREATE)
+        self._part_progress = self.r.register_script(_PART_PROGRESS)
 
     # --- records ---------------------------------------------------------------------------------------------
 
@@ -202,6 +235,30 @@ class JobStore:
             approximate=True,
         )
         pipe.execute()
+
+    def part_progress(
+        self, job_id: str, part: int, bytes_done: int, tensors_done: int, totals: tuple[int, int], phase: str
+    ) -> None:
+        """A sharded job's task reports its part; the job's progress is the sum over parts (never decreasing)."""
+        keys = [P + f"job:{job_id}:parts", P + "job:" + job_id, events_key(job_id)]
+        args = [
+            str(part),
+            str(bytes_done),
+            str(tensors_done),
+            str(totals[0]),
+            str(totals[1]),
+            phase,
+            repr(now()),
+        ]
+        self._part_progress(keys=keys, args=args)
+
+    def put_blob(self, job_id: str, name: str, data: bytes, ttl: int = 7 * 24 * 3600) -> None:
+        """A job's working data for its tasks (e.g. the checkpoint's headers, so they are read only once)."""
+        self.r.set(P + f"job:{job_id}:{name}", base64.b64encode(zlib.compress(data)).decode(), ex=ttl)
+
+    def get_blob(self, job_id: str, name: str) -> bytes | None:
+        raw = self.r.get(P + f"job:{job_id}:{name}")
+        return None if raw is None else zlib.decompress(base64.b64decode(raw))
 
     def event(self, job_id: str, kind: str, data: Mapping[str, Any]) -> None:
         self.r.xadd(

@@ -40,7 +40,12 @@ def make_celery() -> Celery:
         result_serializer="json",
         accept_content=["json"],
         task_default_queue=QUEUE,
-        broker_transport_options={"visibility_timeout": s.visibility_timeout},
+        broker_transport_options={
+            "visibility_timeout": s.visibility_timeout,
+            # how often a worker looks for tasks whose worker died (older than the visibility timeout)
+            "unacked_restore_interval": max(1.0, min(60.0, s.visibility_timeout / 4)),
+            "unacked_restore_throttle": 1,
+        },
         result_expires=7 * 24 * 3600,
         broker_connection_retry_on_startup=True,
         worker_send_task_events=False,

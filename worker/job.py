@@ -8,12 +8,14 @@ published twice. A per-job lock keeps two deliveries of the same task from runni
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +23,10 @@ import redis
 
 from converter import plan
 from converter.errors import CancelledError, ConversionError
-from converter.execute import Progress, card_info, execute
-from converter.safetensors_io import read_local_checkpoint
-from converter.storage import LocalSink, LocalSource
+from converter.execute import Meter, Progress, ShardWritten, card_info, execute, publish, write_shards
+from converter.plan import Plan
+from converter.safetensors_io import CheckpointIndex, read_local_checkpoint
+from converter.storage import CachedSource, LocalSink, LocalSource
 from service.settings import Settings
 from service.store import TERMINAL, JobStore, now
 
@@ -41,10 +44,13 @@ class WorkerLostError(ConversionError):
 class _Reporter:
     """Turns executor progress into throttled job-record updates, phase timings and events."""
 
-    def __init__(self, store: JobStore, job_id: str, interval: float) -> None:
+    def __init__(
+        self, store: JobStore, job_id: str, interval: float, phases: dict[str, dict[str, float]] | None = None
+    ) -> None:
+        """``phases``: the timings so far, when a later task of the same job carries on."""
         self.store, self.job_id, self.interval = store, job_id, interval
-        self.phases: dict[str, dict[str, float]] = {}
-        self.phase: str | None = None
+        self.phases: dict[str, dict[str, float]] = dict(phases or {})
+        self.phase: str | None = next(reversed(self.phases), None)
         self.last = 0.0
         self.started = time.monotonic()
         self.bytes_done = 0
@@ -163,7 +169,13 @@ def _open_source(rec: dict[str, Any], settings: Settings, token: str | None) -> 
 
 
 def _open_sink(
-    rec: dict[str, Any], job_id: str, settings: Settings, token: str | None, source: Any, card: dict
+    rec: dict[str, Any],
+    job_id: str,
+    settings: Settings,
+    token: str | None,
+    source: Any,
+    card: dict,
+    pr_revision: str | None = None,
 ) -> Any:
     dest = rec["destination"]
     if "local_path" in dest:
@@ -179,23 +191,50 @@ def _open_sink(
         endpoint=settings.hf_endpoint,
         pr_key=conversion_key(rec, job_id),
         card=card,
+        pr_revision=pr_revision,
     )
 
 
-def run_job(
-    store: JobStore, job_id: str, settings: Settings, *, worker: str, token: str | None = None
-) -> str:
-    """Run job ``job_id`` to a terminal status (or raise :class:`JobBusy`); returns the final status."""
-    rec = store.get(job_id)
-    if rec is None:
-        return "missing"
-    if rec["status"] in TERMINAL:
-        return str(rec["status"])
-    before_start = {"type": "CancelledError", "message": "cancelled before it started"}
-    if store.cancel_requested(job_id) and store.transition(
-        job_id, "queued", "cancelled", finished_at=now(), error=before_start
-    ):
-        return "cancelled"
+def _plan(rec: dict[str, Any], source: Any) -> Plan:
+    req = rec["request"]
+    return plan(
+        source,
+        model_type=rec["model_type"],
+        direction=req.get("direction", "forward"),
+        dtype=req.get("dtype"),
+        max_shard_size=req.get("max_shard_size", "5GB"),
+        dequantize=bool(req.get("dequantize", False)),
+    )
+
+
+def _card(rec: dict[str, Any], p: Plan) -> dict[str, str]:
+    return {**card_info(p), "source": f"{rec['source']}@{rec.get('source_sha') or rec.get('revision')}"}
+
+
+def _commit_message(rec: dict[str, Any], p: Plan, key: str) -> str:
+    return f"Convert {rec['source']} ({p.model_type}, {p.direction}) with ckpt-convert [{key}]"
+
+
+def _result(
+    output: str, shards: list[ShardWritten], copied: list[str], skipped: list[str], seconds: float
+) -> dict:
+    return {
+        "output": output,
+        "noop": False,
+        "shards": [{"file": s.file, "size": s.size} for s in shards],
+        "copied_files": copied,
+        "skipped_files": skipped,
+        "bytes_written": sum(s.size for s in shards),
+        "seconds": round(seconds, 3),
+    }
+
+
+Dispatch = Callable[[str, list[list[int]]], None]
+
+
+@contextmanager
+def _job_lock(store: JobStore, job_id: str, settings: Settings, worker: str) -> Iterator[None]:
+    """Hold the job's lock (refreshed in the background) or raise :class:`JobBusy`."""
     owner = f"{worker}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
     ttl = settings.lock_ttl
     if not store.lock(job_id, owner, ttl):
@@ -208,15 +247,42 @@ def run_job(
 
     threading.Thread(target=keep_lock, daemon=True).start()
     try:
-        return _Run(store, job_id, rec, settings, worker, token).run()
+        yield
     finally:
         stop.set()
         _best_effort(store.unlock, job_id, owner)
 
 
+def run_job(
+    store: JobStore,
+    job_id: str,
+    settings: Settings,
+    *,
+    worker: str,
+    token: str | None = None,
+    dispatch: Dispatch | None = None,
+) -> str:
+    """Run job ``job_id``: to a terminal status, or (with ``dispatch`` and several output shards) until its shards
+    are handed to subtasks, returning "running". Raises :class:`JobBusy` if another delivery holds it."""
+    rec = store.get(job_id)
+    if rec is None:
+        return "missing"
+    if rec["status"] in TERMINAL:
+        return str(rec["status"])
+    if rec.get("fanout"):
+        return "running"  # a redelivery after the shards were handed out: the subtasks carry on
+    before_start = {"type": "CancelledError", "message": "cancelled before it started"}
+    if store.cancel_requested(job_id) and store.transition(
+        job_id, "queued", "cancelled", finished_at=now(), error=before_start
+    ):
+        return "cancelled"
+    with _job_lock(store, job_id, settings, worker):
+        return _Run(store, job_id, rec, settings, worker, token).run(dispatch)
+
+
 class _Run:
-    """One attempt at a job. Every way out is one terminal transition that also records the phase timings, so a
-    finished job's record never changes again (the API may cache it)."""
+    """One attempt at a job (or at its final step). Every way out is one terminal transition that also records
+    the phase timings, so a finished job's record never changes again (the API may cache it)."""
 
     def __init__(
         self,
@@ -230,7 +296,7 @@ class _Run:
         self.store, self.job_id, self.rec, self.settings, self.worker, self.token = (
             store, job_id, rec, settings, worker, token,
         )  # fmt: skip
-        self.rep = _Reporter(store, job_id, settings.progress_interval)
+        self.rep = _Reporter(store, job_id, settings.progress_interval, phases=rec.get("phases"))
         self.key = conversion_key(rec, job_id)
 
     def finish(self, status: str, **fields: Any) -> str:
@@ -245,81 +311,209 @@ class _Run:
         )
         return status if ok else str((self.store.get(self.job_id) or {}).get("status", "missing"))
 
-    def run(self) -> str:
-        store, job_id, rec, settings = self.store, self.job_id, self.rec, self.settings
-        attempts = store.incr_attempts(job_id)
-        if attempts > settings.max_attempts:
-            e = WorkerLostError(f"the job was started {attempts - 1} times and its worker was lost each time")
-            return self.finish("failed", error=e.to_dict())
-        store.transition(job_id, ("queued", "running"), "running", started_at=now(), worker=self.worker)
-        req = rec["request"]
-        started = time.monotonic()
-        rep = self.rep
+    def succeed(self, result: dict[str, Any]) -> str:
+        status = self.finish("succeeded", result=result)
+        if status == "succeeded" and result.get("bytes_written"):
+            self.store.record_finished(
+                result["bytes_written"], now() - float(self.rec.get("started_at") or now())
+            )
+        return status
+
+    def guarded(self, body: Callable[[], str]) -> str:
+        """Run ``body``; every error ends the job with its typed error (and the sink aborted by the executor)."""
         try:
-            rep.enter("resolving")
-            dest = rec["destination"]
-            if "local_path" in dest and _already_published(Path(dest["local_path"]), self.key):
-                return self.finish("succeeded", result={"output": dest["local_path"], "noop": False})
-            source = _open_source(rec, settings, self.token)
-            rep.enter("planning")
-            p = plan(
-                source,
-                model_type=rec["model_type"],
-                direction=req.get("direction", "forward"),
-                dtype=req.get("dtype"),
-                max_shard_size=req.get("max_shard_size", "5GB"),
-                dequantize=bool(req.get("dequantize", False)),
-            )
-            store.update(job_id, plan=p.summary())
-            rep.bytes_total = p.total_bytes
-            if p.is_noop:
-                noop = {
-                    "output": rec["source"],
-                    "noop": True,
-                    "shards": [],
-                    "bytes_written": 0,
-                    "seconds": 0.0,
-                }
-                return self.finish("succeeded", result=noop)
-            card = {
-                **card_info(p),
-                "source": f"{rec['source']}@{rec.get('source_sha') or rec.get('revision')}",
-            }
-            sink = _open_sink(rec, job_id, settings, self.token, source, card)
-            if (published := getattr(sink, "already_published", lambda: None)()) is not None:
-                return self.finish("succeeded", result={"output": published, "noop": False})
-            res = execute(
-                p,
-                source,
-                sink,
-                progress=rep.on_progress,
-                should_cancel=_cancel_poller(store, job_id),
-                # the conversion key, not the job id: a retry of the same conversion writes the same bytes, so
-                # shards a failed attempt already uploaded are not uploaded again
-                metadata={"conversion": self.key},
-                max_bytes_per_second=settings.max_bytes_per_second or None,
-                commit_message=f"Convert {rec['source']} ({p.model_type}, {p.direction}) with ckpt-convert [{self.key}]",
-            )
-            s = res.summary()
-            result = {
-                "output": res.output,
-                "noop": False,
-                "shards": s["shards"],
-                "copied_files": s["copied_files"],
-                "skipped_files": s["skipped_files"],
-                "bytes_written": s["bytes_written"],
-                "seconds": s["seconds"],
-            }
-            status = self.finish("succeeded", result=result)
-            if status == "succeeded":
-                store.record_finished(res.bytes_written, time.monotonic() - started)
-            return status
+            return body()
         except CancelledError as e:
             return self.finish("cancelled", error=e.to_dict())
         except ConversionError as e:
             return self.finish("failed", error=e.to_dict())
         except Exception as e:  # noqa: BLE001 - recorded on the job; the traceback goes to the worker log
-            log.exception("job %s failed", job_id)
+            log.exception("job %s failed", self.job_id)
             return self.finish(
                 "failed", error={"type": "InternalError", "message": f"{type(e).__name__}: {e}"[:1000]}
             )
+
+    def run(self, dispatch: Dispatch | None) -> str:
+        store, job_id, settings = self.store, self.job_id, self.settings
+        attempts = store.incr_attempts(job_id)
+        if attempts > settings.max_attempts:
+            e = WorkerLostError(f"the job was started {attempts - 1} times and its worker was lost each time")
+            return self.finish("failed", error=e.to_dict())
+        started_at = now()
+        store.transition(job_id, ("queued", "running"), "running", started_at=started_at, worker=self.worker)
+        self.rec["started_at"] = started_at
+        return self.guarded(lambda: self._convert(dispatch))
+
+    def _convert(self, dispatch: Dispatch | None) -> str:
+        store, job_id, rec, settings, rep = self.store, self.job_id, self.rec, self.settings, self.rep
+        rep.enter("resolving")
+        dest = rec["destination"]
+        if "local_path" in dest and _already_published(Path(dest["local_path"]), self.key):
+            return self.succeed({"output": dest["local_path"], "noop": False})
+        source = _open_source(rec, settings, self.token)
+        rep.enter("planning")
+        index, config = source.read_index(), source.read_config()
+        p = _plan(rec, CachedSource(source, index, config))
+        store.update(job_id, plan=p.summary())
+        rep.bytes_total = p.total_bytes
+        if p.is_noop:
+            return self.succeed({"output": rec["source"], "noop": True, "shards": [], "bytes_written": 0})
+        sink = _open_sink(rec, job_id, settings, self.token, source, _card(rec, p))
+        if (published := getattr(sink, "already_published", lambda: None)()) is not None:
+            return self.succeed({"output": published, "noop": False})
+        if (
+            dispatch is not None
+            and settings.fanout_min_shards
+            and len(p.shards) >= settings.fanout_min_shards
+        ):
+            return self._fan_out(p, index, config, sink, dispatch)
+        res = execute(
+            p,
+            source,
+            sink,
+            progress=rep.on_progress,
+            should_cancel=_cancel_poller(store, job_id),
+            # the conversion key, not the job id: a retry of the same conversion writes the same bytes, so
+            # shards a failed attempt already uploaded are not uploaded again
+            metadata={"conversion": self.key},
+            max_bytes_per_second=settings.max_bytes_per_second or None,
+            commit_message=_commit_message(rec, p, self.key),
+        )
+        shards = [ShardWritten(f, n) for f, n in res.shards]
+        return self.succeed(_result(res.output, shards, res.copied_files, res.skipped_files, res.seconds))
+
+    def _fan_out(self, p: Plan, index: Any, config: Any, sink: Any, dispatch: Dispatch) -> str:
+        """Hand the shards to subtasks (``shards_per_task`` each) and a final task: each stays about one shard
+        long, so a redelivery after a lost worker redoes minutes, not the whole job."""
+        store, job_id = self.store, self.job_id
+        store.put_blob(
+            job_id, "plan-input", json.dumps({"index": index.to_dict(), "config": config}).encode()
+        )
+        sink.begin()  # the staging folder / the target repo and pull request, shared by the subtasks
+        n = max(1, self.settings.shards_per_task)
+        groups = [list(range(i, min(i + n, len(p.shards)))) for i in range(0, len(p.shards), n)]
+        self.rep.enter("converting")
+        store.update(job_id, pr_revision=getattr(sink, "pr_revision", None) or "", parts=len(groups))
+        dispatch(job_id, groups)
+        store.update(job_id, fanout=1)  # after dispatch: a redelivery before this dispatches again (harmless)
+        return "running"
+
+
+def _part_context(
+    store: JobStore, job_id: str, settings: Settings, token: str | None
+) -> tuple[dict, Plan, Any]:
+    """What every task of a sharded job needs: its record, the plan (from the headers read once), the source."""
+    rec = store.get(job_id)
+    if rec is None:
+        raise ConversionError(f"job {job_id} no longer exists")
+    blob = store.get_blob(job_id, "plan-input")
+    if blob is None:
+        raise ConversionError(f"job {job_id} lost its plan input")
+    doc = json.loads(blob)
+    source = CachedSource(
+        _open_source(rec, settings, token), CheckpointIndex.from_dict(doc["index"]), doc["config"]
+    )
+    return rec, _plan(rec, source), source
+
+
+def run_part(
+    store: JobStore,
+    job_id: str,
+    part: int,
+    indices: list[int],
+    settings: Settings,
+    *,
+    worker: str,
+    token: str | None,
+) -> dict[str, Any]:
+    """Write (and for the Hub, pre-upload) shards ``indices`` of a sharded job. Idempotent: the same shards are
+    written with the same bytes however often it runs. Never raises for the job's own errors: they are returned
+    for the final task, which always runs."""
+    out: dict[str, Any] = {"part": part, "worker": worker, "shards": [], "error": None, "cancelled": False}
+    try:
+        rec, p, source = _part_context(store, job_id, settings, token)
+        if rec["status"] in TERMINAL or store.cancel_requested(job_id):
+            out["cancelled"] = True
+            return out
+        sink = _open_sink(rec, job_id, settings, token, source, _card(rec, p), rec.get("pr_revision") or None)
+        sink.attach()
+        totals = (p.total_bytes, len(p.tensors))
+
+        def on_progress(ev: Progress) -> None:
+            _best_effort(
+                store.part_progress, job_id, part, ev.bytes_done, ev.tensors_done, totals, "converting"
+            )
+
+        meter = Meter(p, on_progress, _cancel_poller(store, job_id), settings.max_bytes_per_second or None)
+        written = write_shards(p, source, sink, indices, meter, {"conversion": conversion_key(rec, job_id)})
+        meter.report(force=True)
+        out["shards"] = [s.to_dict() | {"worker": worker} for s in written]
+    except CancelledError:
+        out["cancelled"] = True
+    except ConversionError as e:
+        out["error"] = e.to_dict()
+    except Exception as e:  # noqa: BLE001 - handed to the final task, which fails the job with it
+        log.exception("job %s part %s failed", job_id, part)
+        out["error"] = {"type": "InternalError", "message": f"{type(e).__name__}: {e}"[:1000]}
+    return out
+
+
+def finish_parts(
+    store: JobStore,
+    job_id: str,
+    parts: list[dict[str, Any]],
+    settings: Settings,
+    *,
+    worker: str,
+    token: str | None,
+) -> str:
+    """The final task of a sharded job: the index, the copied files and the one commit, or the job's failure."""
+    rec = store.get(job_id)
+    if rec is None:
+        return "missing"
+    if rec["status"] in TERMINAL:
+        return str(rec["status"])
+    with _job_lock(store, job_id, settings, worker):
+        run = _Run(store, job_id, rec, settings, worker, token)
+        return run.guarded(lambda: _finish(run, parts))
+
+
+def _finish(run: _Run, parts: list[dict[str, Any]]) -> str:
+    store, job_id, rec, settings = run.store, run.job_id, run.rec, run.settings
+    rec, p, source = _part_context(store, job_id, settings, run.token)
+    sink = _open_sink(rec, job_id, settings, run.token, source, _card(rec, p), rec.get("pr_revision") or None)
+    sink.attach()
+    errors = [x["error"] for x in parts if x.get("error")]
+    if errors or store.cancel_requested(job_id) or any(x.get("cancelled") for x in parts):
+        sink.abort()
+        if errors:
+            return run.finish("failed", error=errors[0])
+        return run.finish(
+            "cancelled", error=CancelledError("conversion cancelled; nothing was published").to_dict()
+        )
+    shards = {s["file"]: ShardWritten.from_dict(s) for x in parts for s in x["shards"]}
+    missing = [s.file for s in p.shards if s.file not in shards]
+    if missing:
+        sink.abort()
+        return run.finish(
+            "failed",
+            error=ConversionError(f"shard {missing[0]} was never written", file=missing[0]).to_dict(),
+        )
+    for s in p.shards:
+        w = shards[s.file]
+        sink.add_written(w.file, w.size, w.upload)
+    totals = (p.total_bytes, len(p.tensors))
+    store.part_progress(job_id, -1, 0, 0, totals, "publishing")
+    meter = Meter(p, run.rep.on_progress, None, None)
+    meter.state.bytes_done, meter.state.tensors_done = p.total_bytes, len(p.tensors)
+    try:
+        where, copied, skipped = publish(p, source, sink, meter, _commit_message(rec, p, run.key))
+    except BaseException:
+        sink.abort()
+        raise
+    ordered = [shards[s.file] for s in p.shards]
+    result = _result(where, ordered, copied, skipped, now() - float(rec.get("started_at") or now()))
+    result["subtasks"] = [
+        {"part": x["part"], "worker": x["worker"], "shards": [s["file"] for s in x["shards"]]} for x in parts
+    ]
+    return run.succeed(result)

@@ -1,4 +1,8 @@
-"""The Celery task: thin, idempotent; all the work is in ``worker.job.run_job`` and the converter library."""
+"""Celery tasks: thin and idempotent; the work is in ``worker.job`` and the converter library.
+
+A job is one ``convert`` task; a job with several output shards hands them to ``write_part`` subtasks (a chord),
+whose callback ``finish`` writes the index and makes the one commit.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +10,19 @@ import logging
 import os
 import socket
 import threading
+from typing import Any
 
-from celery import signals
+from celery import chord, signals
 
 from service.settings import get_settings
 from service.store import JobStore
 
 from .app import TASK_CONVERT, app
-from .job import JobBusy, run_job
+from .job import JobBusy, finish_parts, run_job, run_part
 
 log = logging.getLogger(__name__)
+TASK_PART = "ckpt_convert.write_part"
+TASK_FINISH = "ckpt_convert.finish"
 _store: JobStore | None = None
 
 
@@ -30,16 +37,47 @@ def hostname() -> str:
     return os.environ.get("CKPT_CONVERT_WORKER_NAME") or socket.gethostname()
 
 
+def _token(request: Any) -> str | None:
+    """The per-job Hub token travels in the task message headers only (never in the job record)."""
+    return getattr(request, "hf_token", None) or (getattr(request, "headers", None) or {}).get("hf_token")
+
+
+def _name(request: Any) -> str:
+    return request.hostname or hostname()
+
+
 @app.task(name=TASK_CONVERT, bind=True, max_retries=None)
 def convert_job(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
     """Run job ``job_id``; if another delivery of it is running, check again later."""
+    token = _token(self.request)
+    headers = {"hf_token": token} if token else None
+
+    def dispatch(job: str, groups: list[list[int]]) -> None:
+        parts = [write_part.si(job, i, g).set(headers=headers) for i, g in enumerate(groups)]
+        chord(parts)(finish.s(job).set(headers=headers))
+
     try:
-        # the Hub token of this job travels with the task message only (never in the job record)
-        token = getattr(self.request, "hf_token", None) or (getattr(self.request, "headers", None) or {}).get(
-            "hf_token"
-        )
         return run_job(
-            store(), job_id, get_settings(), worker=self.request.hostname or hostname(), token=token
+            store(), job_id, get_settings(), worker=_name(self.request), token=token, dispatch=dispatch
+        )
+    except JobBusy:
+        raise self.retry(countdown=get_settings().lock_ttl) from None
+
+
+@app.task(name=TASK_PART, bind=True)
+def write_part(self, job_id: str, part: int, indices: list[int]) -> dict:  # type: ignore[no-untyped-def]
+    """Write (and pre-upload) some output shards of a job; about one shard long, safe to run twice."""
+    return run_part(
+        store(), job_id, part, indices, get_settings(), worker=_name(self.request), token=_token(self.request)
+    )
+
+
+@app.task(name=TASK_FINISH, bind=True, max_retries=None)
+def finish(self, parts: list[dict], job_id: str) -> str:  # type: ignore[no-untyped-def]
+    """The chord callback: index, copied files, the one commit."""
+    try:
+        return finish_parts(
+            store(), job_id, parts, get_settings(), worker=_name(self.request), token=_token(self.request)
         )
     except JobBusy:
         raise self.retry(countdown=get_settings().lock_ttl) from None

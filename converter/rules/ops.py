@@ -16,7 +16,9 @@ Every op names its transformers 5.23 counterpart (``transformers_name``) so the 
 
 from __future__ import annotations
 
+import functools
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
@@ -468,18 +470,37 @@ def torch_dtype(dtype: str) -> Any:
     }[dtype]
 
 
+@functools.lru_cache(maxsize=1)
+def compute_device() -> str:
+    """Where arithmetic ops (cast, transpose, dequantize) run: ``cuda`` when torch sees a GPU (and
+    ``CKPT_CONVERT_DEVICE`` is not ``cpu``), else ``cpu``. Byte copies never get here. Both give the same bytes:
+    these ops are exact or IEEE round-to-nearest-even on either."""
+    import torch
+
+    wanted = os.environ.get("CKPT_CONVERT_DEVICE", "auto").lower()
+    if wanted == "cpu":
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    if wanted == "cuda":
+        raise UnsupportedError("CKPT_CONVERT_DEVICE=cuda but torch sees no CUDA device")
+    return "cpu"
+
+
 def to_tensor(raw: bytes, dtype: str, shape: tuple[int, ...]) -> Any:
+    """Bytes -> a tensor on the compute device."""
     import torch
 
     if not raw:
-        return torch.empty(shape, dtype=torch_dtype(dtype))
-    return torch.frombuffer(bytearray(raw), dtype=torch_dtype(dtype)).reshape(shape)
+        return torch.empty(shape, dtype=torch_dtype(dtype), device=compute_device())
+    t = torch.frombuffer(bytearray(raw), dtype=torch_dtype(dtype)).reshape(shape)
+    return t if compute_device() == "cpu" else t.to(compute_device(), non_blocking=False)
 
 
 def to_bytes(t: Any) -> bytes:
     import torch
 
-    return t.contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+    return t.contiguous().view(-1).view(torch.uint8).cpu().numpy().tobytes()
 
 
 def sliced_compute(
@@ -851,7 +872,7 @@ def _unpack_fp4(packed: Any) -> Any:
     """Two e2m1 values per byte (low nibble first) -> float32, twice as wide on the last dim."""
     import torch
 
-    lut = torch.tensor(FP4_E2M1, dtype=torch.float32)
+    lut = torch.tensor(FP4_E2M1, dtype=torch.float32, device=packed.device)
     u8 = packed.contiguous().view(torch.uint8)
     both = torch.stack([lut[(u8 & 0xF).long()], lut[((u8 >> 4) & 0xF).long()]], dim=-1)
     return both.reshape(*packed.shape[:-1], 2 * packed.shape[-1])
@@ -878,11 +899,11 @@ def mxfp4_dequantize(
     def fn_expert(blk: Any, sc: Any) -> Any:
         import torch
 
-        lut = torch.tensor(FP4_E2M1, dtype=torch_dtype(dtype))
+        lut = torch.tensor(FP4_E2M1, dtype=torch_dtype(dtype), device=blk.device)
         rows = out * g
         blk = blk.to(torch.uint8).reshape(rows, b)
         exp = (sc.to(torch.int32) - 127).reshape(rows, 1)
-        sub = torch.empty(rows, b * 2, dtype=torch_dtype(dtype))
+        sub = torch.empty(rows, b * 2, dtype=torch_dtype(dtype), device=blk.device)
         sub[:, 0::2] = lut[(blk & 0x0F).to(torch.int)]
         sub[:, 1::2] = lut[(blk >> 4).to(torch.int)]
         torch.ldexp(sub, exp, out=sub)
