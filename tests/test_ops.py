@@ -286,3 +286,24 @@ def test_mxfp4_dequantize_is_transformers(vts):
     want = mx.convert_moe_packed_tensors(blocks, scales, dtype=torch.bfloat16)
     assert out.shape == tuple(want.shape) == (3, 64, 8)
     assert torch.equal(evaluate(out, r).view(torch.int16), want.view(torch.int16))
+
+
+def test_compute_device_follows_the_environment(monkeypatch):
+    torch = pytest.importorskip("torch")
+    from converter.errors import UnsupportedError
+    from converter.rules import ops
+
+    ops.compute_device.cache_clear()
+    monkeypatch.setenv("CKPT_CONVERT_DEVICE", "cpu")
+    assert ops.compute_device() == "cpu"
+    ops.compute_device.cache_clear()
+    monkeypatch.setenv("CKPT_CONVERT_DEVICE", "cuda")
+    if torch.cuda.is_available():
+        assert ops.compute_device() == "cuda"
+    else:
+        with pytest.raises(UnsupportedError, match="no CUDA device"):
+            ops.compute_device()
+    ops.compute_device.cache_clear()
+    monkeypatch.delenv("CKPT_CONVERT_DEVICE")
+    assert ops.compute_device() == ("cuda" if torch.cuda.is_available() else "cpu")
+    ops.compute_device.cache_clear()
