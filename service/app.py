@@ -6,9 +6,12 @@ import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import redis
 import redis.asyncio as aredis
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, RedirectResponse
+from redis.asyncio.retry import Retry as AsyncRetry
+from redis.backoff import ExponentialBackoff
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from converter import __version__
@@ -78,7 +81,13 @@ class _TooLarge(Exception):
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    app.state.aredis = aredis.Redis.from_url(get_settings().redis, decode_responses=True)
+    app.state.aredis = aredis.Redis.from_url(
+        get_settings().redis,
+        decode_responses=True,
+        retry=AsyncRetry(ExponentialBackoff(cap=1.0, base=0.05), 8),
+        retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+        socket_connect_timeout=5,
+    )
     app.state.reader = AsyncJobReader(app.state.aredis)
     app.state.finished = FinishedJobs()
     # everything allocated so far lives as long as the process: keep it out of the collector's way, so that
@@ -104,6 +113,16 @@ def create_app() -> FastAPI:
             {"name": "health", "description": "liveness, readiness, Prometheus metrics"},
         ],
     )
+
+    @app.exception_handler(redis.RedisError)
+    async def store_down(request: Request, exc: Exception) -> JSONResponse:
+        body = {
+            "detail": {
+                "type": "ServiceUnavailableError",
+                "message": f"job store unavailable ({type(exc).__name__})",
+            }
+        }
+        return JSONResponse(body, status_code=503, headers={"Retry-After": "2"})
 
     @app.exception_handler(ApiError)
     @app.exception_handler(ConversionError)

@@ -26,6 +26,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
 
 P = "ckc:"
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -116,6 +118,15 @@ def _dump(v: Any) -> str:
     return json.dumps(v, separators=(",", ":"))
 
 
+#: client options: a Redis restart (a second or two) is retried through instead of failing the caller
+RESILIENT: dict[str, Any] = {
+    "health_check_interval": 30,
+    "socket_connect_timeout": 5,
+    "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), 8),
+    "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
+}
+
+
 def events_key(job_id: str) -> str:
     return P + f"job:{job_id}:events"
 
@@ -133,7 +144,7 @@ def _list_keys(status: str | None, model_type: str | None) -> list[str]:
 class JobStore:
     def __init__(self, url_or_client: str | redis.Redis) -> None:
         if isinstance(url_or_client, str):
-            self.r = redis.Redis.from_url(url_or_client, decode_responses=True, health_check_interval=30)
+            self.r = redis.Redis.from_url(url_or_client, decode_responses=True, **RESILIENT)
         else:
             self.r = url_or_client
         self._transition = self.r.register_script(_TRANSITION)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import sys
+import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,7 +32,7 @@ def isolated_hub(root: Path, upload_mode: str = "lfs") -> Iterator[HubStandIn]:
     mp.setattr(constants, "HF_TOKEN_PATH", str(home / "token"))
     mp.setattr(constants, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
     mp.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    mp.setattr(sys.modules["huggingface_hub.utils.tqdm"], "HF_HUB_DISABLE_PROGRESS_BARS", True)
+    mp.setattr(importlib.import_module("huggingface_hub.utils.tqdm"), "HF_HUB_DISABLE_PROGRESS_BARS", True)
     try:
         with HubStandIn(root / "standin", upload_mode=upload_mode) as h:
             h.root = root  # type: ignore[attr-defined]

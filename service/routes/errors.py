@@ -15,11 +15,20 @@ class ErrorDetail(BaseModel):
     suggestions: list[str] | None = None
 
 
+class ValidationItem(BaseModel):
+    """One problem found by request validation (FastAPI's format)."""
+
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
 class ErrorBody(BaseModel):
-    detail: ErrorDetail
+    detail: ErrorDetail | list[ValidationItem]
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "the body cannot be parsed (not JSON / not UTF-8)"},
     401: {"model": ErrorBody, "description": "missing bearer token (when API tokens are configured)"},
     403: {
         "model": ErrorBody,
@@ -30,6 +39,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         "description": "unknown job, repo, revision, local folder or model_type (with close names)",
     },
     409: {"model": ErrorBody, "description": "the job already finished"},
+    413: {"model": ErrorBody, "description": "request body over the size cap"},
     422: {
         "model": ErrorBody,
         "description": "invalid request (repo id, size, path...) or a checkpoint we refuse",

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from ..deps import StoreDep
+from ..deps import StoreDep, require_token
 from ..store import DURATION_BUCKETS, JobStore
 
 router = APIRouter(tags=["health"])
@@ -69,7 +69,12 @@ class _JobsCollector:
         )
 
 
-@router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus metrics")
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    summary="Prometheus metrics",
+    dependencies=[Depends(require_token)],  # job counts are not public when API tokens are set
+)
 def metrics(store: StoreDep) -> PlainTextResponse:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_JobsCollector(store))  # type: ignore[arg-type]

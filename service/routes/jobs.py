@@ -37,7 +37,11 @@ def post_convert(
     queue: QueueDep,
     idempotency_key: Annotated[str | None, Header(max_length=200)] = None,
     x_hf_token: Annotated[
-        str | None, Header(include_in_schema=True, description="Hub token for this job only")
+        str | None,
+        Header(
+            description="Hub token for this job only (never stored)",
+            pattern=r"^[\x21-\x7e]{1,512}$",  # visible ASCII: a token, not something that breaks the Hub request
+        ),
     ] = None,
 ) -> Response:
     """Validate, resolve the revision to a commit, and queue a job (202). The same normalised request, or the same
@@ -58,7 +62,7 @@ async def list_jobs(
     request: Request,
     status: Status | None = None,
     model_type: str | None = Query(None, max_length=100),
-    skip: int = Query(0, ge=0),
+    skip: int = Query(0, ge=0, le=1_000_000_000),
     limit: int = Query(50, ge=1, le=500),
 ) -> Response:
     recs, count = await request.app.state.reader.list_jobs(
