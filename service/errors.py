@@ -41,10 +41,6 @@ class SourceNotFoundError(ApiError):
     status = 404
 
 
-class GatedRepoError(ApiError):
-    status = 403
-
-
 class ConflictError(ApiError):
     """The job is already finished, or the output folder is not empty."""
 

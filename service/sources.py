@@ -6,7 +6,7 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ class SourceRef:
     id: str  # absolute resolved path, or repo id
     revision: str  # "local", or the requested revision
     sha: str | None = None  # commit sha (hub) or content fingerprint (local)
+    hub: Any = field(default=None, compare=False, repr=False)  # the resolved converter.hub.HubSource
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "id": self.id, "revision": self.revision, "sha": self.sha}
@@ -72,9 +73,11 @@ def resolve_source(source: str, revision: str, settings: Settings, token: str | 
     repo = parse_repo_id(source)
     if not REVISION.match(revision or ""):
         raise InvalidRequestError(f"revision {revision!r} is not a valid branch, tag or commit")
-    from . import hub
+    from converter.hub import HubSource
 
-    return SourceRef("hub", repo, revision, hub.resolve_revision(repo, revision, settings, token))
+    # one Hub call: the revision's commit and file list; Hub errors come typed (RepoNotFoundError -> 404, ...)
+    src = HubSource(repo, revision, token=token, endpoint=settings.hf_endpoint)
+    return SourceRef("hub", repo, revision, src.sha, src)
 
 
 def read_source_config(ref: SourceRef, settings: Settings, token: str | None = None) -> dict[str, Any] | None:
@@ -87,9 +90,7 @@ def read_source_config(ref: SourceRef, settings: Settings, token: str | None = N
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise InvalidRequestError(f"config.json of {ref.id} is not valid JSON ({e})") from None
         return doc if isinstance(doc, dict) else None
-    from . import hub
-
-    return hub.read_config(ref.id, ref.sha or ref.revision, settings, token)
+    return ref.hub.read_config()
 
 
 def normalise_destination(dest: dict[str, Any], src: SourceRef, settings: Settings) -> dict[str, Any]:

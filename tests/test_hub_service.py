@@ -130,7 +130,7 @@ def test_per_job_token_is_used_and_never_stored(env):
     body = {"source": PRIVATE, "destination": {"repo_id": "org/private-grouped", "private": True}}
     # without the token the private repo is invisible: refused at submit time
     r = e.http.post("/convert", json=body)
-    assert r.status_code == 404 and r.json()["detail"]["type"] == "SourceNotFoundError"
+    assert r.status_code == 404 and r.json()["detail"]["type"] == "RepoNotFoundError"
     job = run(e, body, headers={"X-HF-Token": SECRET})
     assert SECRET in e.hub.tokens_seen(rf"/{PRIVATE}/")
     assert_same_tensors(read_tensors(download(e, "org/private-grouped", token=SECRET)), e.hub.want)
@@ -164,11 +164,11 @@ def test_per_job_token_is_used_and_never_stored(env):
 @pytest.mark.parametrize(
     "body,status,error",
     [
-        ({"source": "org/does-not-exist", "destination": {"repo_id": "org/x"}}, 404, "SourceNotFoundError"),
+        ({"source": "org/does-not-exist", "destination": {"repo_id": "org/x"}}, 404, "RepoNotFoundError"),
         (
             {"source": SRC, "revision": "no-such-branch", "destination": {"repo_id": "org/x"}},
             404,
-            "SourceNotFoundError",
+            "RevisionNotFoundError",
         ),
         ({"source": "org/gated-model", "destination": {"repo_id": "org/x"}}, 403, "GatedRepoError"),
     ],

@@ -44,5 +44,6 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         "model": ErrorBody,
         "description": "invalid request (repo id, size, path...) or a checkpoint we refuse",
     },
-    503: {"model": ErrorBody, "description": "Redis, the queue or the Hub is unavailable"},
+    502: {"model": ErrorBody, "description": "the Hub failed the request (after retries)"},
+    503: {"model": ErrorBody, "description": "the job store or the queue is unavailable"},
 }
