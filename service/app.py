@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 import redis
 import redis.asyncio as aredis
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -18,7 +18,7 @@ from converter import __version__
 from converter.errors import ConversionError
 
 from .errors import ApiError, error_body
-from .routes import health, jobs, rules
+from .routes import health, jobs, pages, rules
 from .routes.jobs import FinishedJobs
 from .settings import get_settings
 from .store import AsyncJobReader
@@ -130,10 +130,7 @@ def create_app() -> FastAPI:
         status, body = error_body(exc)
         return JSONResponse(body, status_code=status)
 
-    @app.get("/", include_in_schema=False)
-    def index() -> RedirectResponse:
-        return RedirectResponse("/docs")
-
+    pages.install(app)  # the dashboard at / (HTML + static assets)
     app.include_router(jobs.router)
     app.include_router(rules.router)
     app.include_router(health.router)
