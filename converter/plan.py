@@ -30,7 +30,8 @@ from .errors import (
 )
 from .layout import Piece, VirtualTensor, from_file
 from .rules import REGISTRY, get_entry, rules_for
-from .rules.core import Convert, Rename, RuleSet, fill_stars, keep_fp32_matches, template_body
+from .rules.core import Convert, Rename, Rule, RuleSet, fill_stars, keep_fp32_matches, template_body
+from .rules.describe import described
 from .rules.ops import OpContext, Slot, cast
 from .rules.quantization import (
     check_fp8_scales_follow,
@@ -123,6 +124,8 @@ class Plan:
     #: the checkpoint's quantization (``"fp8"``, ``"mxfp4"``) and whether this plan dequantizes it
     quantization: str | None = None
     dequantize: bool = False
+    #: the rules that changed a name or merged tensors of this checkpoint, in rule order
+    rules_applied: list[Rule] = field(default_factory=list)
 
     @property
     def is_noop(self) -> bool:
@@ -161,6 +164,7 @@ class Plan:
             "bytes_computed": self.computed_bytes,
             "counts": self.counts(),
             "quantization": self.quantization,
+            "rules_applied": [described(r) for r in self.rules_applied],
             "dequantize": self.dequantize,
             "warnings": list(self.warnings),
         }
@@ -258,14 +262,25 @@ def build_tensors(
     config: Mapping[str, Any] | None = None,
     dtype: str | None = None,
     tensors: Mapping[str, VirtualTensor] | None = None,
+    applied: list[Rule] | None = None,
 ) -> list[PlannedTensor]:
     """Apply ``rules`` to every tensor of ``index`` (or to ``tensors``, e.g. dequantized ones); returns the
-    output tensors in natural name order."""
+    output tensors in natural name order. ``applied`` receives the rules that changed a name or merged tensors,
+    in rule order."""
     forward = rules.direction == "forward"
     inputs = source_tensors(index) if tensors is None else tensors
     rules = rules.bind(inputs)
     outputs: dict[str, PlannedTensor] = {}
     groups: dict[tuple[int, str, str], _Group] = {}
+    used: set[int] = set()  # id() of the rules that did something
+
+    def rename(name: str) -> str:
+        for r in rules.renames:
+            new = r.apply(name)
+            if new != name:
+                used.add(id(r))
+                name = new
+        return name
 
     def add(name: str, vt: VirtualTensor, how: str, rule: int | None = None) -> None:
         if name in outputs:
@@ -277,10 +292,10 @@ def build_tensors(
 
     for name in sorted(inputs, key=natural_key):
         vt = inputs[name]
-        renamed = rules.rename(name) if forward else name
+        renamed = rename(name) if forward else name
         hit = rules.find_converter(renamed)
         if hit is None:
-            out = renamed if forward else rules.rename(name)
+            out = renamed if forward else rename(name)
             add(out, vt, ("copy" if out == name else "rename") if vt.is_copy else "convert")
             continue
         ci, si, m = hit
@@ -293,6 +308,7 @@ def build_tensors(
 
     for (ci, prefix, suffix), g in sorted(groups.items(), key=lambda kv: natural_key(kv[0][1] + kv[0][2])):
         conv = rules.converters[ci]
+        used.add(id(conv))
         label = _display(prefix, conv.targets[0].replace("*", "0"), suffix)
         ctx = OpContext(label, len(conv.targets), config, conv.sources, conv.targets)
         slots = _build_slots(g, conv)
@@ -308,10 +324,12 @@ def build_tensors(
                 if (idx is None) != ("*" not in target):
                     raise ShapeError(f"{label}: target {target!r} and op outputs disagree on '*'", key=label)
                 out = _display(prefix, target, suffix, idx)
-                out = out if forward else rules.rename(out)
+                out = out if forward else rename(out)
                 add(out, vt, "copy" if _unchanged(index, out, vt) else "convert", ci)
 
     result = [outputs[k] for k in sorted(outputs, key=natural_key)]
+    if applied is not None:
+        applied.extend(r for r in rules.rules if id(r) in used)
     if dtype is not None:
         result = [_cast(t, dtype, rules) for t in result]
     return result
@@ -432,7 +450,8 @@ def plan(
         pairing = {n: r for n in inputs if (r := _apply(prepend, n)) != n}
         inputs = dequantize_tensors(inputs, quant, d or _config_dtype(config), names_for_pairing=pairing)
         output_config = dequantized_config(config or {})
-    tensors = build_tensors(index, rules, config=config, dtype=d, tensors=inputs)
+    applied: list[Rule] = []
+    tensors = build_tensors(index, rules, config=config, dtype=d, tensors=inputs, applied=applied)
     if quant is not None and quant.method == "fp8" and not dequantize:
         check_fp8_scales_follow(tensors, rules)
     size = parse_size(max_shard_size)
@@ -450,6 +469,7 @@ def plan(
         output_config=output_config,
         quantization=quant.method if quant is not None else None,
         dequantize=bool(quant is not None and dequantize),
+        rules_applied=applied,
     )
 
 

@@ -193,6 +193,8 @@ def test_submit_watch_job_rules_preview(svc, browser):
         assert "127 in → 39 out" in plan and "4 in → 1 out" in plan
         rules = page.locator("#job-rules").text_content()
         assert "stack experts on dim 0, then concatenate w1 and w3 on dim 1" in rules
+        assert "changed this checkpoint's names" in rules  # the rules that applied, not the whole set
+        assert "LayerNorm.gamma" not in rules  # a legacy rename that matched nothing here
         shot(page, "desktop-job")
 
         # the rules browser: search, open mixtral, its rules both ways in words, and a name preview

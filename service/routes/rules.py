@@ -9,8 +9,7 @@ from fastapi import APIRouter, Query, Response
 
 from converter.preview import preview
 from converter.rules import get_entry, model_types, rules_for
-from converter.rules.core import Convert
-from converter.rules.ops import Chunk, Concat, Op
+from converter.rules.describe import described
 
 from ..models import Direction, PreviewRequest, PreviewResponse, RuleList, RuleSummary
 from .errors import ERRORS
@@ -47,38 +46,8 @@ def _rules_json(model_type: str, direction: str) -> bytes:
     entry = get_entry(model_type)
     ruleset = rules_for(model_type, direction=direction)
     d = ruleset.to_dict()
-    for rule, rd in zip(ruleset.rules, d["rules"], strict=True):
-        if isinstance(rule, Convert):
-            rd["ops_described"] = [_describe_op(op, rule) for op in rule.ops]
-            rd["describe"] = ", then ".join(rd["ops_described"])
+    d["rules"] = [described(r) for r in ruleset.rules]
     return json.dumps({**entry.summary(), **d}).encode()
-
-
-def _describe_op(op: Op, conv: Convert) -> str:
-    """An op in words, naming the slots it joins or splits ("concatenate w1 and w3 on dim 1")."""
-    if isinstance(op, Concat) and len(conv.sources) > 1:
-        return f"concatenate {_and(_labels(conv.sources))} on dim {op.dim}"
-    if isinstance(op, Chunk) and op.num_shards_attribute is None and len(conv.targets) > 1:
-        return f"split dim {op.dim} into {_and(_labels(conv.targets))}"
-    return op.describe()
-
-
-def _labels(templates: tuple[str, ...]) -> list[str]:
-    """The dotted components that tell templates apart: experts.*.w1.weight, experts.*.w3.weight -> w1, w3."""
-    parts = [t.split(".") for t in templates]
-    n = len(parts[0])
-    if any(len(p) != n for p in parts):
-        return list(templates)
-    lo, hi = 0, n
-    while lo < n and all(p[lo] == parts[0][lo] for p in parts):
-        lo += 1
-    while hi > lo and all(p[hi - 1] == parts[0][hi - 1] for p in parts):
-        hi -= 1
-    return [".".join(p[lo:hi]) or t for p, t in zip(parts, templates, strict=True)]
-
-
-def _and(items: list[str]) -> str:
-    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
 @router.post(

@@ -767,6 +767,20 @@
 
     async function renderJobRules(job) {
       const box = $("#job-rules");
+      const applied = job.plan && job.plan.rules_applied;
+      if (applied) {
+        box.replaceChildren(
+          h(
+            "p",
+            { class: "hint" },
+            `The ${job.direction} rules of `,
+            h("a", { href: ruleUrl(job.model_type) }, job.model_type),
+            ` that changed this checkpoint's names or merged its tensors, in the order they apply.`,
+          ),
+          rulesTable(applied, job.direction, `Rules applied to this job, ${job.direction}`),
+        );
+        return;
+      }
       const r = await apiJson(`/rules/${encodeURIComponent(job.model_type)}?direction=${job.direction}`);
       if (!r.ok) {
         box.replaceChildren(h("p", { class: "muted" }, errorText(r.body, r.status)));
