@@ -144,4 +144,73 @@ def start_api(
     return proc, url
 
 
-__all__ = ["Proc", "Valkey", "free_port", "service_env", "start_api", "start_worker", "sys", "wait_until"]
+class Service:
+    """Valkey, Celery workers and the API over HTTP, started together (and stopped together) for a test module.
+
+    ``env`` adds to the service environment (e.g. ``CKPT_CONVERT_MAX_BYTES_PER_SECOND``); ``workers`` names the
+    worker processes (``w1@host``, ...)."""
+
+    def __init__(self, root: Path, *, workers: tuple[str, ...] = ("w1",), **env: str) -> None:
+        self.root = root
+        self.valkey = Valkey(root / "valkey")
+        self.env = service_env(self.valkey.url, root, **env)
+        self.workers: dict[str, Proc] = {
+            n: start_worker(self.env, root / f"{n}.log", name=n) for n in workers
+        }
+        self.api, self.url = start_api(self.env, root / "api.log")
+        self.store = JobStore(self.valkey.url)
+        self.http = httpx.Client(base_url=self.url, timeout=60)
+
+    @property
+    def worker(self) -> Proc:
+        return next(iter(self.workers.values()))
+
+    def restart_worker(self, name: str | None = None) -> None:
+        """SIGKILL a worker and its pool (no warm shutdown, no acknowledgement), then start it again."""
+        name = name or next(iter(self.workers))
+        self.workers[name].kill()
+        self.workers[name] = start_worker(self.env, self.root / f"{name}.log", name=name)
+
+    def restart_api(self) -> None:
+        """SIGKILL the API and start it again on the same port."""
+        self.api.kill()
+        self.api, _ = start_api(self.env, self.root / "api.log", port=int(self.url.rsplit(":", 1)[1]))
+
+    def job(self, job_id: str) -> dict:
+        return self.http.get(f"/jobs/{job_id}").json()
+
+    def wait(
+        self,
+        job_id: str,
+        statuses: tuple[str, ...] = ("succeeded", "failed", "cancelled"),
+        timeout: float = 120,
+    ) -> dict:
+        """The job's record once its status is one of ``statuses``."""
+        return wait_until(lambda: (j := self.job(job_id))["status"] in statuses and j, timeout=timeout,
+                          what=f"job {job_id} in {statuses}")  # fmt: skip
+
+    def stop(self) -> None:
+        self.http.close()
+        self.api.stop()
+        for w in self.workers.values():
+            w.stop()
+        self.valkey.stop()
+
+    def __enter__(self) -> Service:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+__all__ = [
+    "Service",
+    "Proc",
+    "Valkey",
+    "free_port",
+    "service_env",
+    "start_api",
+    "start_worker",
+    "sys",
+    "wait_until",
+]

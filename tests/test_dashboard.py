@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from servers import ROOT, Valkey, service_env, start_api, start_worker, wait_until
+from servers import ROOT, Service, start_api, wait_until
 
 from converter.demo import MixtralShape, write_mixtral_checkpoint
 
@@ -37,27 +37,13 @@ TOKEN = "dash-s3cret"
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory):
     root = tmp_path_factory.mktemp("dash")
-    valkey = Valkey(root / "valkey")
-    env = service_env(valkey.url, root, CKPT_CONVERT_MAX_BYTES_PER_SECOND=str(RATE))
-    worker = start_worker(env, root / "worker.log")
-    api, url = start_api(env, root / "api.log")
-
-    class S:
-        pass
-
-    s = S()
-    s.root, s.url, s.env = root, url, env
-    s.http = httpx.Client(base_url=url, timeout=30)
-    s.big = write_mixtral_checkpoint(
-        root / "big", MixtralShape(layers=4, experts=8, hidden=512, intermediate=1792, vocab=8000),
-        max_shard_bytes=60_000_000,
-    )  # fmt: skip
-    s.small = write_mixtral_checkpoint(root / "small")
-    yield s
-    s.http.close()
-    api.stop()
-    worker.stop()
-    valkey.stop()
+    with Service(root, CKPT_CONVERT_MAX_BYTES_PER_SECOND=str(RATE)) as s:
+        s.big = write_mixtral_checkpoint(
+            root / "big", MixtralShape(layers=4, experts=8, hidden=512, intermediate=1792, vocab=8000),
+            max_shard_bytes=60_000_000,
+        )  # fmt: skip
+        s.small = write_mixtral_checkpoint(root / "small")
+        yield s
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import hashlib
 import json
 import time
 
-import httpx
 import pytest
 
 pytest.importorskip("tiny_models")
@@ -15,7 +14,7 @@ pytest.importorskip("tiny_models")
 from helpers import assert_same_tensors, read_tensors  # noqa: E402
 from hubenv import isolated_hub, upload_tiny_mixtral  # noqa: E402
 from huggingface_hub import snapshot_download  # noqa: E402
-from servers import Valkey, service_env, start_api, start_worker, wait_until  # noqa: E402
+from servers import Service, wait_until  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
 SRC = "org/tiny-mixtral"
@@ -31,22 +30,9 @@ def env(tmp_path_factory):
         upload_tiny_mixtral(hub, PRIVATE)
         hub.set_private(PRIVATE)
         hub.set_tokens(PRIVATE, [SECRET])
-        valkey = Valkey(root / "valkey")
-        senv = service_env(valkey.url, root, HF_ENDPOINT=hub.endpoint, CKPT_CONVERT_LOCK_TTL="5")
-        worker = start_worker(senv, root / "worker.log")
-        api, url = start_api(senv, root / "api.log")
-
-        class E:
-            pass
-
-        e = E()
-        e.hub, e.root, e.url, e.valkey, e.worker, e.api = hub, root, url, valkey, worker, api
-        e.http = httpx.Client(base_url=url, timeout=60)
-        yield e
-        e.http.close()
-        e.api.stop()
-        e.worker.stop()
-        valkey.stop()
+        with Service(root, HF_ENDPOINT=hub.endpoint, CKPT_CONVERT_LOCK_TTL="5") as e:
+            e.hub = hub
+            yield e
 
 
 def run(e, body, headers=None, expect="succeeded"):
@@ -157,7 +143,7 @@ def test_per_job_token_is_used_and_never_stored(env):
     for path in ("/jobs", f"/jobs/{job['id']}", "/metrics", f"/jobs/{job['id']}/events"):
         assert SECRET not in e.http.get(path).text
     time.sleep(0.5)
-    for log in ("worker.log", "api.log"):
+    for log in ("w1.log", "api.log"):
         assert SECRET not in (e.root / log).read_text(errors="replace")
 
 

@@ -13,7 +13,7 @@ import time
 import httpx
 import pytest
 from hubenv import isolated_hub, upload_tiny_mixtral
-from servers import Valkey, service_env, start_api, start_worker, wait_until
+from servers import Service, start_api, wait_until
 
 from converter import plan
 from converter.demo import MixtralShape, write_mixtral_checkpoint
@@ -28,27 +28,13 @@ TOKEN = "api-token-7f3a"
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory):
     root = tmp_path_factory.mktemp("rel")
-    with isolated_hub(root) as hub:
-        valkey = Valkey(root / "valkey")
-        env = service_env(valkey.url, root, HF_ENDPOINT=hub.endpoint, CKPT_CONVERT_MAX_BYTES_PER_SECOND=str(RATE),
-                          CKPT_CONVERT_VISIBILITY_TIMEOUT="6", CKPT_CONVERT_LOCK_TTL="6")  # fmt: skip
-        worker = start_worker(env, root / "w1.log", name="w1")
-        api, url = start_api(env, root / "api.log")
-
-        class R:
-            pass
-
-        r = R()
-        r.root, r.env, r.valkey, r.worker, r.api, r.url, r.hub = root, env, valkey, worker, api, url, hub
-        r.http = httpx.Client(base_url=url, timeout=60)
+    with isolated_hub(root) as hub, Service(root, HF_ENDPOINT=hub.endpoint, CKPT_CONVERT_MAX_BYTES_PER_SECOND=str(RATE),
+                                            CKPT_CONVERT_VISIBILITY_TIMEOUT="6", CKPT_CONVERT_LOCK_TTL="6") as r:  # fmt: skip
+        r.hub = hub
         r.big = write_mixtral_checkpoint(
             root / "big", MixtralShape(layers=4, experts=8, hidden=256, intermediate=512, vocab=2048)
         )
         yield r
-        r.http.close()
-        r.api.stop()
-        r.worker.stop()
-        r.valkey.stop()
 
 
 def submit(r, body):
@@ -65,8 +51,11 @@ def status(r, job_id):
 
 
 def wait_end(r, job_id, timeout=180):
-    return wait_until(lambda: (j := status(r, job_id))["status"] in ("succeeded", "failed", "cancelled") and j,
-                      timeout=timeout, what="job end")  # fmt: skip
+    return wait_until(
+        lambda: (j := status(r, job_id))["status"] in ("succeeded", "failed", "cancelled") and j,
+        timeout=timeout,
+        what="job end",
+    )  # fmt: skip  (status() rides out 503s while Redis restarts)
 
 
 def wait_bytes(r, job_id, n):
@@ -78,8 +67,7 @@ def wait_bytes(r, job_id, n):
 
 
 def restart_worker(r):
-    r.worker.kill()  # SIGKILL of the worker and its pool: no warm shutdown, no ack
-    r.worker = start_worker(r.env, r.root / "w1.log", name="w1")
+    r.restart_worker()  # SIGKILL of the worker and its pool: no warm shutdown, no ack
 
 
 # --- 1. worker crash --------------------------------------------------------------------------------------------

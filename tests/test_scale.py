@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import time
 
-import httpx
 import pytest
 from helpers import assert_same_tensors, read_tensors
-from servers import Valkey, service_env, start_api, start_worker, wait_until
+from servers import Service, wait_until
 
 from converter import plan
 from converter.demo import MixtralShape, write_mixtral_checkpoint
@@ -21,32 +20,13 @@ from converter.verify import verify
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    root = tmp_path_factory.mktemp("scale")
-    valkey = Valkey(root / "valkey")
-    env = service_env(valkey.url, root, CKPT_CONVERT_MAX_BYTES_PER_SECOND="8000000",
-                      CKPT_CONVERT_VISIBILITY_TIMEOUT="6", CKPT_CONVERT_LOCK_TTL="6")  # fmt: skip
-    workers = {n: start_worker(env, root / f"{n}.log", name=n) for n in ("w1", "w2")}
-    api, url = start_api(env, root / "api.log")
-
-    class C:
-        pass
-
-    c = C()
-    c.root, c.env, c.workers, c.api = root, env, workers, api
-    c.http = httpx.Client(base_url=url, timeout=60)
-    yield c
-    c.http.close()
-    api.stop()
-    for w in c.workers.values():
-        w.stop()
-    valkey.stop()
+    with Service(tmp_path_factory.mktemp("scale"), workers=("w1", "w2"), CKPT_CONVERT_MAX_BYTES_PER_SECOND="8000000",
+                 CKPT_CONVERT_VISIBILITY_TIMEOUT="6", CKPT_CONVERT_LOCK_TTL="6") as c:  # fmt: skip
+        yield c
 
 
 def wait_job(c, job_id, timeout=120):
-    return wait_until(
-        lambda: (j := c.http.get(f"/jobs/{job_id}").json())["status"] in ("succeeded", "failed", "cancelled") and j,
-        timeout=timeout, what="job end",
-    )  # fmt: skip
+    return c.wait(job_id, timeout=timeout)
 
 
 def test_one_job_spreads_over_two_workers_bit_exact(cluster):
@@ -85,7 +65,7 @@ def test_killing_a_worker_mid_job_still_succeeds(cluster):
     wait_until(lambda: (c.http.get(f"/jobs/{job_id}").json().get("progress") or {}).get("bytes_done", 0) > 4_000_000,
                what="job under way")  # fmt: skip
     time.sleep(0.3)
-    c.workers["w2"].kill()
+    c.workers["w2"].kill()  # and not restarted until the job is done
     job = wait_job(c, job_id, timeout=180)
     assert job["status"] == "succeeded", job
     assert len(job["result"]["shards"]) >= 8
@@ -93,4 +73,4 @@ def test_killing_a_worker_mid_job_still_succeeds(cluster):
     assert verify(p, LocalSource(src), c.root / "big_out").tensors == len(p.tensors)  # every byte as planned
     leftovers = [x.name for x in c.root.iterdir() if x.name.startswith(".big_out")]
     assert leftovers == []
-    c.workers["w2"] = start_worker(c.env, c.root / "w2.log", name="w2")  # for later tests
+    c.restart_worker("w2")  # for later tests

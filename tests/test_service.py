@@ -13,34 +13,17 @@ import time
 import httpx
 import pytest
 from helpers import assert_same_tensors, read_tensors
-from servers import Valkey, service_env, start_api, start_worker, wait_until
+from servers import Service, start_api, wait_until
 
 from converter.demo import MixtralShape, write_mixtral_checkpoint
-from service.store import JobStore
 
 RATE = 50_000_000
 
 
 @pytest.fixture(scope="module")
 def svc(tmp_path_factory):
-    root = tmp_path_factory.mktemp("svc")
-    valkey = Valkey(root / "valkey")
-    env = service_env(valkey.url, root, CKPT_CONVERT_MAX_BYTES_PER_SECOND=str(RATE))
-    worker = start_worker(env, root / "worker.log")
-    api, url = start_api(env, root / "api.log")
-
-    class S:
-        pass
-
-    s = S()
-    s.root, s.url, s.env, s.valkey, s.worker, s.api = root, url, env, valkey, worker, api
-    s.store = JobStore(valkey.url)
-    s.http = httpx.Client(base_url=url, timeout=30)
-    yield s
-    s.http.close()
-    s.api.stop()  # the test that restarts the API replaces s.api
-    s.worker.stop()
-    valkey.stop()
+    with Service(tmp_path_factory.mktemp("svc"), CKPT_CONVERT_MAX_BYTES_PER_SECOND=str(RATE)) as s:
+        yield s
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +34,7 @@ def big(svc):
 
 
 def wait_job(svc, job_id, statuses=("succeeded", "failed", "cancelled"), timeout=60):
-    return wait_until(lambda: (j := svc.http.get(f"/jobs/{job_id}").json())["status"] in statuses and j,
-                      timeout=timeout, what=f"job {job_id} in {statuses}")  # fmt: skip
+    return svc.wait(job_id, statuses, timeout)
 
 
 def local_job(source, dest, **kw):
