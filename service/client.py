@@ -115,7 +115,10 @@ def submit(
                 return 1
             job = r.json()
             print(job["id"])
-            err.print(f"job {job['id']} {job['status']}: {server}/jobs/{job['id']}", highlight=False)
+            err.print(
+                f"job {job['id']} {job['status']}: {server}/ui/jobs/{job['id']} (API: /jobs/{job['id']})",
+                highlight=False,
+            )
             if not wait:
                 return 0
             job = follow(c, job, quiet=quiet)
