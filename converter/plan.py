@@ -118,7 +118,6 @@ class Plan:
     source_index: CheckpointIndex
     config: dict[str, Any] | None = None
     max_shard_size: int = 0
-    warnings: list[str] = field(default_factory=list)
     #: config.json to write instead of copying the source's (a dequantized checkpoint drops quantization_config)
     output_config: dict[str, Any] | None = None
     #: the checkpoint's quantization (``"fp8"``, ``"mxfp4"``) and whether this plan dequantizes it
@@ -166,7 +165,6 @@ class Plan:
             "quantization": self.quantization,
             "rules_applied": [described(r) for r in self.rules_applied],
             "dequantize": self.dequantize,
-            "warnings": list(self.warnings),
         }
 
     def to_dict(self, *, pieces: bool = True) -> dict[str, Any]:

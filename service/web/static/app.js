@@ -758,11 +758,7 @@
         ["Quantization", p.quantization ? JSON.stringify(p.quantization) : null],
         ["No-op", p.noop ? "already in the target layout" : null],
       ]);
-      const parts = [dl];
-      if (p.warnings && p.warnings.length) {
-        parts.push(h("h3", {}, "Warnings"), h("ul", { class: "warnings" }, p.warnings.map((w) => h("li", {}, typeof w === "string" ? w : JSON.stringify(w)))));
-      }
-      $("#job-plan").replaceChildren(...parts);
+      $("#job-plan").replaceChildren(dl);
     }
 
     async function renderJobRules(job) {
