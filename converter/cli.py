@@ -111,12 +111,6 @@ def cmd_convert(a: argparse.Namespace) -> int:
         else:
             _print_plan_summary(p, "dry run: nothing written")
         return 0
-    if p.is_noop and not a.force:
-        out.print(
-            f"[green]{a.source} is already in the {direction} target layout; nothing to convert.[/] "
-            "(--force copies it anyway)"
-        )
-        return 0
     sink = open_sink(
         a.output, source=src, overwrite=a.overwrite, create_pr=a.pr, private=a.private, card=card_info(p)
     )
@@ -137,20 +131,33 @@ def cmd_convert(a: argparse.Namespace) -> int:
     if a.json:
         out.print_json(json.dumps({**result.summary(), "verified": bool(a.verify)}))
         return 0
-    _print_plan_summary(p, "converted")
+    _print_plan_summary(p, "nothing to convert" if result.noop else "converted")
     t = Table(show_header=False, box=None, pad_edge=False)
     t.add_column(style="bold")
     t.add_column()
     t.add_row("output", result.output)
-    t.add_row(
-        "written",
-        f"{len(result.shards)} shard(s), {human_bytes(result.bytes_written)} in {result.seconds:.2f} s "
-        f"({human_bytes(result.bytes_written / max(result.seconds, 1e-9))}/s)",
-    )
+    if result.noop:
+        t.add_row(
+            "nothing to convert",
+            f"already in the {direction} layout; {len(result.shards)} weight file(s) linked unchanged"
+            if result.shards
+            else f"already in the {direction} layout; the destination is the source, nothing was written",
+        )
+    else:
+        t.add_row(
+            "written",
+            f"{len(result.shards)} shard(s), {human_bytes(result.bytes_written)} in {result.seconds:.2f} s "
+            f"({human_bytes(result.bytes_written / max(result.seconds, 1e-9))}/s)",
+        )
     if result.copied_files:
         t.add_row("copied", ", ".join(result.copied_files))
     if result.skipped_files:
-        t.add_row("skipped", ", ".join(result.skipped_files) + " (other weight formats / folders)")
+        t.add_row(
+            "skipped",
+            ", ".join(result.skipped_files) + " (not part of the checkpoint: other weights, folders)",
+        )
+    for w in p.warnings:
+        t.add_row("[yellow]warning[/]", w)
     if verified:
         t.add_row("verify", verified)
     out.print(t)
@@ -369,7 +376,6 @@ def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.Argume
     c.add_argument(
         "--private", action="store_true", help="with OUTPUT hf://org/name: create the repo private"
     )
-    c.add_argument("--force", action="store_true", help="write OUTPUT even when there is nothing to convert")
     c.add_argument(
         "--verify", action="store_true", help="re-read the output and compare every byte with the plan"
     )

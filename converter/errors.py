@@ -43,6 +43,10 @@ class UnsafePathError(CheckpointError):
     http_status = 403
 
 
+class UnsafeCheckpointError(CheckpointError):
+    """A pickled (``.bin``) checkpoint names something other than plain tensors: refused without running it."""
+
+
 class DuplicateTensorError(CheckpointError):
     """The same tensor name appears in two shards."""
 

@@ -84,6 +84,7 @@ class ConversionResult:
             "skipped_files": self.skipped_files,
             "seconds": round(self.seconds, 3),
             "bytes_written": self.bytes_written,
+            "noop": self.noop,
         }
 
 
@@ -289,7 +290,7 @@ def publish(
 ) -> tuple[str, list[str], list[str]]:
     """After every shard is written: the index, the other files (config, tokenizer...), then the one commit.
     Returns (where it was published, files copied, files skipped)."""
-    copy, skipped = source.other_files()
+    copy, skipped = p.copy_files, p.skipped_files
     if len(p.shards) > 1:
         meter.phase("writing index")
         sink.write_bytes(INDEX_NAME, index_json(p))
@@ -325,6 +326,8 @@ def execute(
     :class:`~converter.errors.CancelledError` raised. Any failure aborts the sink: nothing is published.
     """
     meter = Meter(p, progress, should_cancel, max_bytes_per_second)
+    if p.is_noop:
+        return publish_unchanged(p, source, sink, meter, commit_message)
     sink.begin()
     try:
         meter.report(force=True)
@@ -336,6 +339,41 @@ def execute(
     meter.phase("done")
     written = [(s.file, s.size) for s in shards]
     return ConversionResult(where, p, written, copy, skipped, time.monotonic() - meter.started)
+
+
+def publish_unchanged(
+    p: Plan, source: Source, sink: Sink, meter: Meter, commit_message: str = ""
+) -> ConversionResult:
+    """A no-op plan (already in the target layout): the destination still ends up holding the checkpoint, as the
+    source's files unchanged (hard links for a local folder, an upload the Hub deduplicates for a repo), so that a
+    finished conversion always means "the destination loads in the target layout". Nothing is written when the
+    destination is the source itself (a pull request on a repo already in the target layout)."""
+    if sink.holds(source):
+        meter.phase("done")
+        return ConversionResult(source.description, p, [], [], p.skipped_files, 0.0, noop=True)
+    files = p.source_index.files
+    sizes = {f: h.file_size for f, h in p.source_index.shards.items()}
+    sink.begin()
+    try:
+        meter.phase("linking files")
+        for name in files:
+            sink.link_file(source, name, sizes.get(name))
+            meter.tick(sizes.get(name, 0))
+        meter.phase("copying files")
+        for name in p.copy_files:
+            sink.copy_file(source, name)
+        meter.phase("publishing")
+        where = sink.commit(
+            commit_message or f"Copy {p.model_type} checkpoint (already in the {p.direction} layout)"
+        )
+    except BaseException:
+        sink.abort()
+        raise
+    meter.phase("done")
+    linked = [(f, sizes[f]) for f in files if f in sizes]
+    return ConversionResult(
+        where, p, linked, p.copy_files, p.skipped_files, time.monotonic() - meter.started, noop=True
+    )
 
 
 def index_json(p: Plan) -> bytes:
@@ -363,9 +401,9 @@ def convert(
 ) -> ConversionResult:
     """Plan and run a conversion of ``source`` into ``output`` (a folder, created atomically).
 
-    A checkpoint already in the target layout is a no-op: nothing is written (``result.noop``) unless
-    ``allow_noop=True``, which copies it anyway. ``dequantize`` dequantizes a pre-quantized (FP8, MXFP4)
-    checkpoint; by default it stays quantized.
+    A checkpoint already in the target layout is a no-op (``result.noop``): ``output`` gets the source's files
+    unchanged (hard links where possible). ``dequantize`` dequantizes a pre-quantized (FP8, MXFP4) checkpoint; by
+    default it stays quantized. ``allow_noop`` is accepted for compatibility and has no effect.
     """
     src = open_source(source)
     p = plan(
@@ -382,6 +420,4 @@ def convert(
         if isinstance(output, (str, os.PathLike))
         else output
     )
-    if p.is_noop and not allow_noop:
-        return ConversionResult(sink.description, p, [], [], [], 0.0, noop=True)
     return execute(p, src, sink, progress=progress, should_cancel=should_cancel)

@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -37,14 +37,14 @@ from .errors import CheckpointError, CheckpointIndexError, ConversionError, Unsa
 from .safetensors_io import (
     INDEX_NAME,
     MAX_HEADER_SIZE,
-    SINGLE_NAME,
     CheckpointIndex,
     ShardHeader,
     assemble_index,
+    choose_weight_files,
     parse_header,
-    shard_files_from_index,
+    parse_index_bytes,
 )
-from .storage import WEIGHT_SUFFIXES
+from .storage import split_other_files
 
 HUB_PREFIX = "hf://"
 #: bytes asked for a shard's header: one request covers the 8-byte length and a header of up to ~4 KB
@@ -76,13 +76,58 @@ class GatedRepoError(HubError):
     http_status = 403
 
 
+REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
+#: hosts whose model URLs name a Hub repo (besides the configured ``HF_ENDPOINT``)
+HUB_HOSTS = ("huggingface.co", "www.huggingface.co", "hf.co")
+
+
 def parse_hub_path(path: str) -> tuple[str, str | None]:
-    """``hf://org/name@rev`` -> (``org/name``, ``rev``); ``hf://org/name`` -> (``org/name``, None)."""
+    """``hf://org/name@rev`` -> (``org/name``, ``rev``); ``hf://org/name`` -> (``org/name``, None). A model URL
+    (``https://huggingface.co/org/name/tree/rev``) is read the same way."""
+    if path.startswith(("http://", "https://")):
+        ref = parse_hub_url(path)
+        if ref is None:
+            raise CheckpointError(
+                f"{path!r} is not a Hub model URL (https://huggingface.co/org/name)", file=path
+            )
+        return ref
     rest = path[len(HUB_PREFIX) :] if path.startswith(HUB_PREFIX) else path
     repo, _, rev = rest.partition("@")
-    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*", repo):
+    if not REPO_ID.fullmatch(repo):
         raise CheckpointError(f"{path!r} is not hf://org/name[@revision]", file=path)
     return repo, rev or None
+
+
+def parse_hub_url(url: str, endpoint: str | None = None) -> tuple[str, str | None] | None:
+    """``https://huggingface.co/org/name`` -> (``org/name``, None); ``.../org/name/tree/v1.0`` -> (``org/name``,
+    ``v1.0``). Also hf.co and the configured endpoint (``HF_ENDPOINT``). None when it is no model repo URL (a
+    dataset, a space, a single file, another host)."""
+    from urllib.parse import unquote, urlsplit
+
+    from huggingface_hub import constants
+
+    u = urlsplit(url)
+    bases = [urlsplit(e) for e in (endpoint, os.environ.get("HF_ENDPOINT"), constants.ENDPOINT) if e]
+    ours = any(u.scheme == b.scheme and u.netloc == b.netloc for b in bases)
+    if u.scheme not in ("http", "https") or not (u.hostname in HUB_HOSTS or ours):
+        return None
+    parts = [unquote(p) for p in u.path.split("/") if p]
+    if len(parts) < 2 or parts[0] in ("datasets", "spaces", "api"):
+        return None
+    repo = f"{parts[0]}/{parts[1]}"
+    if not REPO_ID.fullmatch(repo):
+        return None
+    rest = parts[2:]
+    if not rest:
+        return repo, None
+    if rest[0] == "tree" and len(rest) >= 2:
+        return repo, "/".join(rest[1:])
+    return None  # blob/resolve/commit URLs name a file or a commit page, not a repo revision
+
+
+def looks_like_repo_id(value: str) -> bool:
+    """``org/name`` or ``org/name@rev`` as typed for ``from_pretrained`` (no leading ``.``/``/``)."""
+    return bool(REPO_ID.fullmatch(value.partition("@")[0])) and not value.startswith((".", "/"))
 
 
 def _map_hub_error(e: Exception, repo: str, revision: str | None) -> ConversionError:
@@ -335,48 +380,55 @@ class HubSource:
         return parse_header(raw, file=name, file_size=total, header_size=n)
 
     def read_index(self) -> CheckpointIndex:
+        chosen = choose_weight_files(self.sizes, where=self.description)
         weight_map: dict[str, str] | None = None
-        if INDEX_NAME in self.sizes:
-            raw = self._small_file(INDEX_NAME) or b""
-            try:
-                doc = json.loads(raw)
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
-                raise CheckpointIndexError(f"{INDEX_NAME} is not valid JSON ({e})", file=INDEX_NAME) from None
-            weight_map, meta = shard_files_from_index(doc)
+        meta: dict[str, object] = {}
+        files = list(chosen.files)
+        if chosen.index is not None:
+            weight_map, meta = parse_index_bytes(self._small_file(chosen.index) or b"", chosen.index)
             files = list(dict.fromkeys(weight_map.values()))
-        elif SINGLE_NAME in self.sizes:
-            files, meta = [SINGLE_NAME], {}
-        else:
-            files, meta = sorted(f for f in self.sizes if "/" not in f and f.endswith(".safetensors")), {}
-            if not files:
-                raise CheckpointError(f"{self.description} has no safetensors weights", file=self.repo_id)
         shards: dict[str, ShardHeader] = {}
         for name in files:
             if not name or "/" in name or "\\" in name or name in (".", ".."):
-                raise UnsafePathError(f"{INDEX_NAME} names shard {name!r}, not a plain file name", file=name)
+                raise UnsafePathError(
+                    f"{chosen.index} names shard {name!r}, not a plain file name", file=name
+                )
             if name not in self.sizes:
                 raise CheckpointIndexError(
-                    f"{INDEX_NAME} names shard {name}, which the repo does not have", file=name
+                    f"{chosen.index} names shard {name}, which the repo does not have", file=name
                 )
-            shards[name] = self.read_header(name)
-        index = assemble_index(shards, weight_map)
+            shards[name] = self.read_header(name) if chosen.format == "safetensors" else self.read_bin(name)
+        index = assemble_index(shards, weight_map, index_file=chosen.index or INDEX_NAME)
         index.index_metadata = meta
+        index.format = chosen.format
         return index
 
-    def other_files(self) -> tuple[list[str], list[str]]:
-        copy, skipped = [], []
+    def read_bin(self, name: str) -> ShardHeader:
+        """A ``torch.save`` shard's tensors as byte ranges: its zip directory, pickle and record headers fetched
+        with range requests (a few KB each), never the whole file."""
+        from .pytorch_bin import read_bin_header
+
+        size = self.sizes.get(name)
+        if size is None:
+            _, size = self.fetcher.get(name, 0, 1)
+        if size is None:
+            raise CheckpointError(f"{name}: the Hub did not say how large it is", file=name)
+        return read_bin_header(
+            lambda off, n: self.fetcher.get(name, off, off + n, total=size)[0] if n else b"",
+            size,
+            file=name,
+            parallel=self.parallel * 2,
+        )
+
+    def other_files(self, weights: Collection[str] = ()) -> tuple[list[str], list[str]]:
+        names: list[str] = []
         dirs: set[str] = set()
         for name in sorted(self.sizes):
             if "/" in name:
                 dirs.add(name.split("/", 1)[0] + "/")
-            elif name == INDEX_NAME or (name.startswith(".") and name != ".gitattributes"):
-                continue
-            elif name.endswith(WEIGHT_SUFFIXES):
-                if not name.endswith(".safetensors"):
-                    skipped.append(name)
             else:
-                copy.append(name)
-        return copy, skipped + sorted(dirs)
+                names.append(name)
+        return split_other_files(names + sorted(dirs), weights)
 
     # --- the executor's view -----------------------------------------------------------------------------------
 
@@ -426,8 +478,11 @@ class HubSink:
         card: dict[str, str] | None = None,
         workdir: str | os.PathLike[str] | None = None,
         pr_revision: str | None = None,
+        base_model: str | None = None,
     ) -> None:
-        """``pr_revision`` (``refs/pr/N``): the pull request found by :meth:`begin` in another process."""
+        """``pr_revision`` (``refs/pr/N``): the pull request found by :meth:`begin` in another process.
+        ``base_model``: the source repo, recorded in the model card's front matter (``base_model:``) so the Hub
+        links the two."""
         self.repo_id, self.create_pr, self.private, self.revision = repo_id, create_pr, private, revision
         self.token, self.endpoint, self.pr_key, self.card = token, endpoint, pr_key, card or {}
         self.workdir = workdir
@@ -436,6 +491,7 @@ class HubSink:
         self.tmp: Path | None = None
         self.ops: list[Any] = []
         self.pr_revision: str | None = pr_revision
+        self.base_model = base_model if base_model != repo_id else None
 
     def begin(self) -> None:
         from huggingface_hub import errors as hf
@@ -538,18 +594,49 @@ class HubSink:
         with source.open_file(name) as f:
             data = f.read()
         if name == "README.md" and self.card:
-            data = (
-                data.decode("utf-8", errors="replace").split(CARD_MARK)[0].rstrip().encode()
-                + card_section(self.card).encode()
-            )
+            text = data.decode("utf-8", errors="replace").split(CARD_MARK)[0].rstrip()
+            data = (self._front_matter(text) + card_section(self.card)).encode()
             self.card = {}
         self.write_bytes(name, data)
+
+    def _front_matter(self, text: str) -> str:
+        """``text`` with ``base_model: <source repo>`` in its YAML front matter (added if there is none)."""
+        if not self.base_model:
+            return text
+        from huggingface_hub import ModelCard
+        from huggingface_hub.utils import logging as hf_logging
+
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # "metadata block was not found" is expected for a bare README
+        try:
+            card = ModelCard(text, ignore_metadata_errors=True)
+        finally:
+            hf_logging.set_verbosity(level)
+        card.data.base_model = self.base_model
+        return str(card).rstrip()
+
+    def link_file(self, source: Any, name: str, size: int | None = None) -> None:
+        """A weight file of ``source`` unchanged: streamed into a local file and pre-uploaded like a shard (the Hub
+        skips a blob it already holds)."""
+        assert self.tmp is not None, "begin() first"
+        if size is None:
+            with source.open_file(name) as f:
+                size = f.seek(0, os.SEEK_END)
+        with source.reader() as reader, self.open_shard(name) as out:
+            reader.copy_to(out, name, 0, size)
+        self.finish_shard(name)
+
+    def holds(self, source: Any) -> bool:
+        """True when this destination is ``source``'s own repo (a no-op there publishes nothing)."""
+        return getattr(getattr(source, "inner", source), "repo_id", None) == self.repo_id
 
     def commit(self, message: str) -> str:
         from huggingface_hub import errors as hf
 
         if self.card:  # the source had no README.md
-            self.write_bytes("README.md", card_section(self.card).lstrip().encode())
+            self.write_bytes(
+                "README.md", (self._front_matter("") + card_section(self.card)).lstrip().encode()
+            )
             self.card = {}
         revision, create_pr = self._target
         if self.pr_key and f"[{self.pr_key}]" not in message:
@@ -603,5 +690,6 @@ class HubSink:
 
 
 def open_hub_source(path: str, *, token: str | None = None, endpoint: str | None = None) -> HubSource:
+    """``hf://org/name[@rev]``, ``org/name[@rev]`` or a model URL, resolved to one commit."""
     repo, rev = parse_hub_path(path)
     return HubSource(repo, rev or "main", token=token, endpoint=endpoint)

@@ -125,11 +125,22 @@ class Plan:
     dequantize: bool = False
     #: the rules that changed a name or merged tensors of this checkpoint, in rule order
     rules_applied: list[Rule] = field(default_factory=list)
+    #: the source's other files copied unchanged (config, tokenizer...), and those left out (weights in other
+    #: formats or not part of the checkpoint, e.g. ``consolidated.safetensors`` next to HF shards; folders)
+    copy_files: list[str] = field(default_factory=list)
+    skipped_files: list[str] = field(default_factory=list)
+    #: what was tolerated but the user should know (an index entry pointing to no tensor, ...)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def is_noop(self) -> bool:
-        """True when the checkpoint is already in the target layout: every tensor kept, same name, same bytes."""
-        return self.output_config is None and all(t.how == "copy" for t in self.tensors)
+        """True when the checkpoint is already in the target layout: every tensor kept, same name, same bytes,
+        same config (and already safetensors): the output is the source's files, unchanged."""
+        return (
+            self.output_config is None
+            and self.source_index.format == "safetensors"
+            and all(t.how == "copy" for t in self.tensors)
+        )
 
     @property
     def total_bytes(self) -> int:
@@ -165,6 +176,9 @@ class Plan:
             "quantization": self.quantization,
             "rules_applied": [described(r) for r in self.rules_applied],
             "dequantize": self.dequantize,
+            "source_format": self.source_index.format,
+            "skipped_files": self.skipped_files,
+            "warnings": self.warnings,
         }
 
     def to_dict(self, *, pieces: bool = True) -> dict[str, Any]:
@@ -448,11 +462,15 @@ def plan(
         pairing = {n: r for n in inputs if (r := _apply(prepend, n)) != n}
         inputs = dequantize_tensors(inputs, quant, d or _config_dtype(config), names_for_pairing=pairing)
         output_config = dequantized_config(config or {})
+    check_dangling(index, rules)
     applied: list[Rule] = []
     tensors = build_tensors(index, rules, config=config, dtype=d, tensors=inputs, applied=applied)
     if quant is not None and quant.method == "fp8" and not dequantize:
         check_fp8_scales_follow(tensors, rules)
+    if d is not None:
+        output_config = config_with_dtype(output_config or config, d)
     size = parse_size(max_shard_size)
+    copy, skipped = src.other_files(index.files)
     return Plan(
         source=src.description,
         model_type=mt,
@@ -468,7 +486,51 @@ def plan(
         quantization=quant.method if quant is not None else None,
         dequantize=bool(quant is not None and dequantize),
         rules_applied=applied,
+        copy_files=copy,
+        skipped_files=skipped,
+        warnings=list(index.warnings),
     )
+
+
+#: safetensors dtype -> the name config.json uses
+CONFIG_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+
+
+def config_with_dtype(config: Mapping[str, Any] | None, dtype: str) -> dict[str, Any] | None:
+    """``config`` with its dtype set to ``dtype`` (``dtype``, and ``torch_dtype`` where present, in the config and in
+    every nested sub-config that states one), so that ``from_pretrained(out)`` loads in that dtype; None when
+    nothing changes (or there is no config)."""
+    if config is None:
+        return None
+    name = CONFIG_DTYPES[dtype]
+
+    def fix(d: Mapping[str, Any], root: bool) -> dict[str, Any]:
+        out = {k: fix(v, False) if isinstance(v, Mapping) else v for k, v in d.items()}
+        for key in ("dtype", "torch_dtype"):
+            stated = key in out and (out[key] is None or isinstance(out[key], str))
+            if stated or (root and key == "dtype"):
+                out[key] = name
+        return out
+
+    new = fix(config, True)
+    return None if new == config else new
+
+
+def check_dangling(index: CheckpointIndex, rules: RuleSet) -> None:
+    """An index entry pointing to no tensor is tolerated (a warning), unless a converter needs it: merging the
+    experts that exist would silently give a smaller or shifted stack."""
+    for name, file in sorted(index.dangling.items(), key=lambda kv: natural_key(kv[0])):
+        renamed = rules.rename(name) if rules.direction == "forward" else name
+        hit = rules.find_converter(renamed)
+        if hit is not None:
+            ci, _, m = hit
+            target = _display(renamed[: m.start()], rules.converters[ci].targets[0], renamed[m.end() :])
+            raise MissingExpertError(
+                f"{index.index_file} lists {name} in {file}, but no shard holds it; {target} cannot be built "
+                "without it",
+                key=name,
+                file=file,
+            )
 
 
 def _apply(renames: Iterable[Rename], name: str) -> str:

@@ -273,6 +273,11 @@ def check_member_name(folder: Path, name: str, *, what: str = "file") -> Path:
     return path
 
 
+#: PyTorch (``torch.save``) checkpoints, read when a folder has no safetensors weights (as transformers does)
+BIN_INDEX_NAME = "pytorch_model.bin.index.json"
+BIN_SINGLE_NAME = "pytorch_model.bin"
+
+
 @dataclass
 class CheckpointIndex:
     """All tensors of a checkpoint folder, from its index file and shard headers."""
@@ -280,10 +285,23 @@ class CheckpointIndex:
     shards: dict[str, ShardHeader]  # file name -> header, in index order
     tensors: dict[str, TensorInfo] = field(default_factory=dict)  # tensor name -> where
     index_metadata: dict[str, object] = field(default_factory=dict)
+    #: "safetensors", or "pytorch" for ``torch.save`` ``.bin`` shards
+    format: str = "safetensors"
+    #: the index file read (None: a single file, or shards found by name)
+    index_file: str | None = None
+    #: what was tolerated, as transformers tolerates it (an index entry pointing to nothing, ...)
+    warnings: list[str] = field(default_factory=list)
+    #: index entries whose tensor is in none of the shards: name -> the file the index names
+    dangling: dict[str, str] = field(default_factory=dict)
 
     @property
     def total_size(self) -> int:
         return sum(t.length for t in self.tensors.values())
+
+    @property
+    def files(self) -> list[str]:
+        """The weight files this checkpoint is made of (the index file first, if any)."""
+        return ([self.index_file] if self.index_file else []) + list(self.shards)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (to hand a planned checkpoint to other processes without reading headers again)."""
@@ -300,6 +318,10 @@ class CheckpointIndex:
                 for f, h in self.shards.items()
             },
             "index_metadata": self.index_metadata,
+            "format": self.format,
+            "index_file": self.index_file,
+            "warnings": self.warnings,
+            "dangling": self.dangling,
         }
 
     @classmethod
@@ -317,9 +339,15 @@ class CheckpointIndex:
             )
             for f, h in d["shards"].items()
         }
-        index = CheckpointIndex(shards, {n: t for h in shards.values() for n, t in h.tensors.items()})
-        index.index_metadata = dict(d.get("index_metadata") or {})
-        return index
+        return CheckpointIndex(
+            shards,
+            {n: t for h in shards.values() for n, t in h.tensors.items()},
+            dict(d.get("index_metadata") or {}),
+            d.get("format", "safetensors"),
+            d.get("index_file"),
+            list(d.get("warnings") or []),
+            dict(d.get("dangling") or {}),
+        )
 
 
 def shard_files_from_index(
@@ -341,7 +369,10 @@ def shard_files_from_index(
 def assemble_index(
     shards: dict[str, ShardHeader], weight_map: dict[str, str] | None, *, index_file: str = INDEX_NAME
 ) -> CheckpointIndex:
-    """Cross-check shard headers against the index's weight_map (when there is one) and merge them."""
+    """Merge shard headers, and compare them with the index's weight_map (when there is one) as leniently as
+    transformers 5.23 loads them: every tensor of a listed shard counts, whether or not the index lists it or lists
+    it in another shard (a warning); an index entry whose tensor is in no shard is a warning too, kept in
+    ``dangling`` (the planner refuses it if a merge needs it). The same name in two shards is an error."""
     tensors: dict[str, TensorInfo] = {}
     for header in shards.values():
         for name, info in header.tensors.items():
@@ -352,58 +383,112 @@ def assemble_index(
                     file=header.file,
                 )
             tensors[name] = info
-    if weight_map is not None:
-        for name, file in weight_map.items():
-            got = tensors.get(name)
-            if got is None:
-                raise CheckpointIndexError(
-                    f"{index_file} maps {name!r} to {file}, but {file} has no such tensor",
-                    key=name,
-                    file=file,
-                )
-            if got.file != file:
-                raise CheckpointIndexError(
-                    f"{index_file} maps {name!r} to {file}, but it is in {got.file}", key=name, file=file
-                )
-        extra = sorted(set(tensors) - set(weight_map))
-        if extra:
-            raise CheckpointIndexError(
-                f"{tensors[extra[0]].file} holds {len(extra)} tensor(s) missing from {index_file}, e.g. {extra[0]!r}",
-                key=extra[0],
-                file=tensors[extra[0]].file,
-            )
-    return CheckpointIndex(shards=shards, tensors=tensors)
+    index = CheckpointIndex(shards=shards, tensors=tensors, index_file=index_file if weight_map else None)
+    if weight_map is None:
+        return index
+    moved = [(n, f) for n, f in weight_map.items() if n in tensors and tensors[n].file != f]
+    index.dangling = {n: f for n, f in weight_map.items() if n not in tensors}
+    extra = sorted(set(tensors) - set(weight_map))
+    if index.dangling:
+        n, f = next(iter(index.dangling.items()))
+        index.warnings.append(
+            f"{index_file} lists {len(index.dangling)} tensor(s) that no shard holds, e.g. {n!r} (in {f}); "
+            "they are not in the output"
+        )
+    if moved:
+        n, f = moved[0]
+        index.warnings.append(
+            f"{index_file} puts {len(moved)} tensor(s) in the wrong shard, e.g. {n!r} in {f} but it is in "
+            f"{tensors[n].file}; the shards' own headers are used"
+        )
+    if extra:
+        index.warnings.append(
+            f"{len(extra)} tensor(s) in the shards are missing from {index_file}, e.g. {extra[0]!r} in "
+            f"{tensors[extra[0]].file}; they are converted like the others"
+        )
+    return index
+
+
+@dataclass(frozen=True)
+class WeightFiles:
+    """Which files of a folder or repo are the checkpoint: an index (and the shards it names), one file, or the
+    shards found by name. Chosen as transformers does: safetensors first, else PyTorch ``.bin``."""
+
+    format: str  # "safetensors" | "pytorch"
+    index: str | None
+    files: tuple[str, ...]  # () when the index names them
+
+
+def choose_weight_files(names: Iterable[str], *, where: str) -> WeightFiles:
+    """``choose_weight_files(["config.json", "model.safetensors"], where="x")`` ->
+    ``WeightFiles("safetensors", None, ("model.safetensors",))``. Only top-level file names count."""
+    from .pytorch_bin import is_bin_checkpoint_name
+
+    top = {n for n in names if "/" not in n}
+    if INDEX_NAME in top:
+        return WeightFiles("safetensors", INDEX_NAME, ())
+    if SINGLE_NAME in top:
+        return WeightFiles("safetensors", None, (SINGLE_NAME,))
+    st = sorted(n for n in top if n.endswith(".safetensors"))
+    if st:
+        return WeightFiles("safetensors", None, tuple(st))
+    if BIN_INDEX_NAME in top:
+        return WeightFiles("pytorch", BIN_INDEX_NAME, ())
+    if BIN_SINGLE_NAME in top:
+        return WeightFiles("pytorch", None, (BIN_SINGLE_NAME,))
+    bins = sorted(n for n in top if is_bin_checkpoint_name(n))
+    if bins:
+        return WeightFiles("pytorch", None, tuple(bins))
+    other = sorted(n for n in top if n.endswith((".bin", ".pt", ".pth", ".ckpt", ".gguf", ".h5", ".msgpack")))
+    found = f"; it has {', '.join(other[:5])}, which are not transformers checkpoint files" if other else ""
+    raise CheckpointError(
+        f"{where} has no weights transformers can load (no {INDEX_NAME}, {SINGLE_NAME}, *.safetensors, "
+        f"{BIN_INDEX_NAME} or pytorch_model*.bin){found}",
+        file=where,
+    )
+
+
+def parse_index_bytes(raw: bytes, file: str) -> tuple[dict[str, str], dict[str, object]]:
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointIndexError(f"{file} is not valid JSON ({e})", file=file) from None
+    return shard_files_from_index(doc, file=file)
 
 
 def read_local_checkpoint(folder: str | os.PathLike[str]) -> CheckpointIndex:
-    """Headers of every shard of a local checkpoint folder (index file, or a single ``model.safetensors``)."""
+    """Headers of every shard of a local checkpoint folder: safetensors (index file, a single
+    ``model.safetensors``, or ``*.safetensors``), else PyTorch ``pytorch_model*.bin`` (read as byte ranges)."""
     root = Path(folder)
     if not root.is_dir():
         raise CheckpointError(f"{root} is not a folder", file=str(root))
-    index_path = root / INDEX_NAME
+    chosen = choose_weight_files((p.name for p in root.iterdir()), where=str(root))
     weight_map: dict[str, str] | None = None
     meta: dict[str, object] = {}
-    if index_path.exists():
-        try:
-            doc = json.loads(index_path.read_bytes())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointIndexError(f"{INDEX_NAME} is not valid JSON ({e})", file=INDEX_NAME) from None
-        weight_map, meta = shard_files_from_index(doc)
+    files = list(chosen.files)
+    if chosen.index is not None:
+        path = check_member_name(root, chosen.index, what="index")
+        weight_map, meta = parse_index_bytes(path.read_bytes(), chosen.index)
         files = list(dict.fromkeys(weight_map.values()))
-    elif (root / SINGLE_NAME).exists():
-        files = [SINGLE_NAME]
-    else:
-        files = sorted(p.name for p in root.glob("*.safetensors"))
-        if not files:
-            raise CheckpointError(
-                f"{root} has no {INDEX_NAME}, {SINGLE_NAME} or *.safetensors file", file=str(root)
-            )
     shards: dict[str, ShardHeader] = {}
     for name in files:
         path = check_member_name(root, name, what="shard")
         if not path.is_file():
-            raise CheckpointIndexError(f"{INDEX_NAME} names shard {name}, which does not exist", file=name)
-        shards[name] = read_header(path, name=name)
-    index = assemble_index(shards, weight_map)
+            raise CheckpointIndexError(f"{chosen.index} names shard {name}, which does not exist", file=name)
+        shards[name] = (
+            read_header(path, name=name) if chosen.format == "safetensors" else _read_bin(path, name)
+        )
+    index = assemble_index(shards, weight_map, index_file=chosen.index or INDEX_NAME)
     index.index_metadata = meta
+    index.format = chosen.format
     return index
+
+
+def _read_bin(path: Path, name: str) -> ShardHeader:
+    from .pytorch_bin import local_ranges, read_bin_header
+
+    read_at, size, close = local_ranges(path)
+    try:
+        return read_bin_header(read_at, size, file=name)
+    finally:
+        close()

@@ -12,13 +12,13 @@ import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol
 
 from .errors import CheckpointError, OutputExistsError, UnsafePathError
-from .safetensors_io import INDEX_NAME, CheckpointIndex, check_member_name, read_local_checkpoint
+from .safetensors_io import CheckpointIndex, check_member_name, read_local_checkpoint
 
 #: files never copied to the output: weights in other formats or layouts (they would be stale)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".npz", ".pkl")
@@ -38,11 +38,32 @@ class Source(Protocol):
 
     def read_config(self) -> dict[str, Any] | None: ...
 
-    def other_files(self) -> tuple[list[str], list[str]]: ...
+    def other_files(self, weights: Collection[str] = ()) -> tuple[list[str], list[str]]: ...
 
     def reader(self) -> Any: ...  # context manager yielding a Reader
 
     def open_file(self, name: str) -> Any: ...  # context manager yielding a binary file
+
+
+def is_weight_file(name: str) -> bool:
+    """Weights (any format) or a weights index: never copied as an "other" file (it would be stale)."""
+    if name.endswith(WEIGHT_SUFFIXES):
+        return True
+    return name.endswith(".index.json") and any(s + "." in name for s in WEIGHT_SUFFIXES)
+
+
+def split_other_files(names: Iterable[str], weights: Collection[str]) -> tuple[list[str], list[str]]:
+    """``(copy, skipped)`` among a checkpoint folder's top-level ``names`` (folders end in ``/``): the checkpoint's
+    own ``weights`` are neither; other weight files and folders are skipped; hidden files are ignored."""
+    copy, skipped = [], []
+    for name in names:
+        if name in weights or name.startswith(".") and name != ".gitattributes":
+            continue
+        if name.endswith("/") or is_weight_file(name):
+            skipped.append(name)
+        else:
+            copy.append(name)
+    return copy, skipped
 
 
 class LocalReader:
@@ -126,20 +147,12 @@ class LocalSource:
             raise CheckpointError("config.json is not a JSON object", file="config.json")
         return doc
 
-    def other_files(self) -> tuple[list[str], list[str]]:
-        """Top-level files to copy unchanged (config, tokenizer, ...), and those skipped (other weight formats)."""
-        copy, skipped = [], []
-        for p in sorted(self.root.iterdir()):
-            if p.name == INDEX_NAME or p.name.startswith(".") and p.name != ".gitattributes":
-                continue
-            if p.is_dir():
-                skipped.append(p.name + "/")
-            elif p.name.endswith(WEIGHT_SUFFIXES):
-                if not p.name.endswith(".safetensors"):
-                    skipped.append(p.name)
-            elif p.is_file():
-                copy.append(p.name)
-        return copy, skipped
+    def other_files(self, weights: Collection[str] = ()) -> tuple[list[str], list[str]]:
+        """Top-level files to copy unchanged (config, tokenizer, ...), and those skipped (weights in other formats or
+        not part of the checkpoint, folders). ``weights``: the checkpoint's own files, neither."""
+        return split_other_files(
+            [p.name + ("/" if p.is_dir() else "") for p in sorted(self.root.iterdir())], weights
+        )
 
     @contextmanager
     def reader(self) -> Iterator[LocalReader]:
@@ -175,6 +188,12 @@ class Sink(Protocol):
     def write_bytes(self, name: str, data: bytes) -> None: ...
 
     def copy_file(self, source: Source, name: str) -> None: ...
+
+    def link_file(
+        self, source: Source, name: str, size: int | None = None
+    ) -> None: ...  # a weight file as is
+
+    def holds(self, source: Source) -> bool: ...  # is the destination the source itself?
 
     def commit(self, message: str) -> str: ...
 
@@ -265,6 +284,24 @@ class LocalSink:
         with source.open_file(name) as src, open(self._path(name), "wb") as dst:
             shutil.copyfileobj(src, dst, 16 * 1024 * 1024)
 
+    def link_file(self, source: Source, name: str, size: int | None = None) -> None:
+        """``name`` of ``source`` unchanged, as a hard link when both are on one local filesystem, else a copy."""
+        if isinstance(source, CachedSource):
+            source = source.inner
+        if isinstance(source, LocalSource):
+            src = check_member_name(source.root, name)
+            try:
+                os.link(src, self._path(name), follow_symlinks=True)
+                return
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
+                    raise
+        with source.reader() as reader, open(self._path(name), "wb", buffering=0) as dst:
+            reader.copy_to(dst, name, 0, size if size is not None else _size_of(source, name))
+
+    def holds(self, source: Source) -> bool:
+        return False  # an output folder overlapping the source is refused when the sink is made
+
     def commit(self, message: str = "") -> str:
         assert self.tmp is not None
         old: Path | None = None
@@ -286,6 +323,11 @@ class LocalSink:
             self.tmp = None
 
 
+def _size_of(source: Source, name: str) -> int:
+    with source.open_file(name) as f:
+        return f.seek(0, os.SEEK_END)
+
+
 class CachedSource:
     """A Source whose headers and config were read before (by another process): planning it reads nothing;
     bytes and other files still come from ``inner``."""
@@ -300,8 +342,8 @@ class CachedSource:
     def read_config(self) -> dict[str, Any] | None:
         return self.config
 
-    def other_files(self) -> tuple[list[str], list[str]]:
-        return self.inner.other_files()
+    def other_files(self, weights: Collection[str] = ()) -> tuple[list[str], list[str]]:
+        return self.inner.other_files(weights)
 
     def reader(self) -> Any:
         return self.inner.reader()
@@ -310,12 +352,20 @@ class CachedSource:
         return self.inner.open_file(name)
 
 
-def open_source(source: str | os.PathLike[str] | Source) -> Source:
-    """A Source for ``hf://org/name[@revision]`` (a Hub repo) or a local folder path."""
-    if isinstance(source, str) and source.startswith("hf://"):
-        from .hub import open_hub_source
+def is_hub_ref(value: str) -> bool:
+    """``hf://...`` or an http(s) URL: always a Hub reference, never a local path."""
+    return value.startswith(("hf://", "http://", "https://"))
 
-        return open_hub_source(source)
+
+def open_source(source: str | os.PathLike[str] | Source) -> Source:
+    """A Source for a Hub repo (``hf://org/name[@revision]``, a model URL ``https://huggingface.co/org/name``
+    [``/tree/rev``], or a bare ``org/name[@revision]`` as ``from_pretrained`` takes it when no such local path
+    exists) or a local folder path."""
+    if isinstance(source, str):
+        from .hub import looks_like_repo_id, open_hub_source
+
+        if is_hub_ref(source) or (not os.path.exists(source) and looks_like_repo_id(source)):
+            return open_hub_source(source)
     if isinstance(source, (str, os.PathLike)):
         p = Path(source)
         if not p.exists():
@@ -334,10 +384,13 @@ def open_sink(
     card: dict[str, str] | None = None,
 ) -> Sink:
     """A Sink for ``hf://org/name`` (one commit, or a pull request with ``create_pr``) or a local folder."""
-    if isinstance(output, str) and output.startswith("hf://"):
+    if isinstance(output, str) and is_hub_ref(output):
         from .hub import HubSink, parse_hub_path
 
         repo, rev = parse_hub_path(output)
-        return HubSink(repo, revision=rev or "main", create_pr=create_pr, private=private, card=card)
+        base = getattr(getattr(source, "inner", source), "repo_id", None)
+        return HubSink(
+            repo, revision=rev or "main", create_pr=create_pr, private=private, card=card, base_model=base
+        )
     root = source.root if isinstance(source, LocalSource) else None
     return LocalSink(output, overwrite=overwrite, source_root=root)

@@ -99,10 +99,20 @@ class SubtaskInfo(BaseModel):
 
 class JobResult(BaseModel):
     output: str = Field(description="output folder, Hub repo URL or pull request URL")
-    noop: bool = Field(False, description="the source was already in the target layout; nothing was written")
+    noop: bool = Field(
+        False,
+        description="the source was already in the target layout: the destination got its files unchanged "
+        "(hard links locally; nothing at all for a pull request on the source repo itself)",
+    )
     shards: list[ShardInfo] = []
     copied_files: list[str] = []
-    skipped_files: list[str] = []
+    skipped_files: list[str] = Field(
+        [],
+        description="source files not part of the output: weights in other formats or not in the checkpoint",
+    )
+    warnings: list[str] = Field(
+        [], description="what was tolerated (e.g. an index entry pointing to no tensor)"
+    )
     bytes_written: int = 0
     seconds: float = 0.0
     subtasks: list[SubtaskInfo] = Field([], description="a job of several shards: which worker wrote which")

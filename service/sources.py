@@ -45,12 +45,34 @@ def check_local_path(path: str, settings: Settings, *, what: str) -> Path:
     return real
 
 
-def parse_repo_id(value: str, *, what: str = "source") -> str:
-    repo = value[len("hf://") :] if value.startswith("hf://") else value
+def parse_repo_ref(value: str, settings: Settings, *, what: str = "source") -> tuple[str, str | None]:
+    """``org/name``, ``hf://org/name``, ``org/name@rev`` or a model URL (``https://huggingface.co/org/name``
+    [``/tree/rev``]) -> (repo id, revision named in it or None)."""
+    rev: str | None = None
+    if value.startswith(("http://", "https://")):
+        from converter.hub import parse_hub_url
+
+        ref = parse_hub_url(value, settings.hf_endpoint)
+        if ref is None:
+            raise InvalidRequestError(
+                f"{what} {value!r} is not a Hub model URL (https://huggingface.co/org/name)"
+            )
+        repo, rev = ref
+    else:
+        repo = value[len("hf://") :] if value.startswith("hf://") else value
+        if "@" in repo:
+            repo, _, rev = repo.partition("@")
     if not REPO_ID.match(repo):
         raise InvalidRequestError(
             f"{what} {value!r} is not a Hub repo id (org/name) or an absolute local path"
         )
+    return repo, rev or None
+
+
+def parse_repo_id(value: str, settings: Settings, *, what: str = "source") -> str:
+    repo, rev = parse_repo_ref(value, settings, what=what)
+    if rev is not None:
+        raise InvalidRequestError(f"{what} {value!r}: a destination names a repo, not a revision")
     return repo
 
 
@@ -70,7 +92,13 @@ def resolve_source(source: str, revision: str, settings: Settings, token: str | 
         if not folder.is_dir():
             raise SourceNotFoundError(f"source folder {source} does not exist")
         return SourceRef("local", str(folder), "local", local_fingerprint(folder))
-    repo = parse_repo_id(source)
+    repo, named = parse_repo_ref(source, settings)
+    if named is not None:
+        if revision not in ("main", named):
+            raise InvalidRequestError(
+                f"source {source!r} names revision {named!r} but the request says {revision!r}"
+            )
+        revision = named
     if not REVISION.match(revision or ""):
         raise InvalidRequestError(f"revision {revision!r} is not a valid branch, tag or commit")
     from converter.hub import HubSource
@@ -101,5 +129,5 @@ def normalise_destination(dest: dict[str, Any], src: SourceRef, settings: Settin
             if out == s or s in out.parents or out in s.parents:
                 raise InvalidRequestError(f"destination {out} overlaps the source folder {s}")
         return {"local_path": str(out)}
-    repo = parse_repo_id(dest["repo_id"], what="destination repo_id")
+    repo = parse_repo_id(dest["repo_id"], settings, what="destination repo_id")
     return {"repo_id": repo, "create_pr": bool(dest.get("create_pr")), "private": bool(dest.get("private"))}

@@ -62,7 +62,12 @@ def test_noop_says_so(tmp_path):
     write_checkpoint(tmp_path / "src", mixtral_tensors(), config=MIXTRAL_CONFIG)
     cli("convert", tmp_path / "src", tmp_path / "grouped")
     p = cli("convert", tmp_path / "grouped", tmp_path / "again")
-    assert "already in the forward target layout" in p.stdout and not (tmp_path / "again").exists()
+    assert "nothing to convert" in p.stdout and "already in the forward layout" in p.stdout
+    # exit 0 means OUT holds the checkpoint: the grouped files, hard-linked
+    for f in (tmp_path / "grouped").iterdir():
+        assert (tmp_path / "again" / f.name).read_bytes() == f.read_bytes()
+        if f.name.endswith(".safetensors"):
+            assert (tmp_path / "again" / f.name).stat().st_ino == f.stat().st_ino
 
 
 def test_rules_listing_and_detail():

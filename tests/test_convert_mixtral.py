@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -69,7 +70,9 @@ def test_already_converted_plans_to_noop(published, tmp_path):
     assert p.is_noop
     assert p.counts() == {"copy": len(p.tensors)}
     result = convert(tmp_path / "grouped", tmp_path / "again")
-    assert result.noop and not (tmp_path / "again").exists()
+    assert result.noop and result.output == str(tmp_path / "again")
+    assert sorted(os.listdir(tmp_path / "again")) == sorted(os.listdir(tmp_path / "grouped"))
+    assert_same_tensors(read_tensors(tmp_path / "again"), read_tensors(tmp_path / "grouped"))
     # and the published checkpoint is a no-op in the reverse direction
     assert plan(src, direction="reverse").is_noop
 

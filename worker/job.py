@@ -192,6 +192,7 @@ def _open_sink(
         pr_key=conversion_key(rec, job_id),
         card=card,
         pr_revision=pr_revision,
+        base_model=rec["source"] if rec.get("source_kind") == "hub" else None,
     )
 
 
@@ -216,7 +217,12 @@ def _commit_message(rec: dict[str, Any], p: Plan, key: str) -> str:
 
 
 def _result(
-    output: str, shards: list[ShardWritten], copied: list[str], skipped: list[str], seconds: float
+    output: str,
+    shards: list[ShardWritten],
+    copied: list[str],
+    skipped: list[str],
+    seconds: float,
+    warnings: list[str],
 ) -> dict:
     return {
         "output": output,
@@ -224,6 +230,7 @@ def _result(
         "shards": [{"file": s.file, "size": s.size} for s in shards],
         "copied_files": copied,
         "skipped_files": skipped,
+        "warnings": warnings,
         "bytes_written": sum(s.size for s in shards),
         "seconds": round(seconds, 3),
     }
@@ -356,13 +363,12 @@ class _Run:
         p = _plan(rec, CachedSource(source, index, config))
         store.update(job_id, plan=p.summary())
         rep.bytes_total = p.total_bytes
-        if p.is_noop:
-            return self.succeed({"output": rec["source"], "noop": True, "shards": [], "bytes_written": 0})
         sink = _open_sink(rec, job_id, settings, self.token, source, _card(rec, p))
         if (published := getattr(sink, "already_published", lambda: None)()) is not None:
             return self.succeed({"output": published, "noop": False})
         if (
             dispatch is not None
+            and not p.is_noop
             and settings.fanout_min_shards
             and len(p.shards) >= settings.fanout_min_shards
         ):
@@ -380,7 +386,8 @@ class _Run:
             commit_message=_commit_message(rec, p, self.key),
         )
         shards = [ShardWritten(f, n) for f, n in res.shards]
-        return self.succeed(_result(res.output, shards, res.copied_files, res.skipped_files, res.seconds))
+        result = _result(res.output, shards, res.copied_files, res.skipped_files, res.seconds, p.warnings)
+        return self.succeed({**result, "noop": res.noop})
 
     def _fan_out(self, p: Plan, index: Any, config: Any, sink: Any, dispatch: Dispatch) -> str:
         """Hand the shards to subtasks (``shards_per_task`` each) and a final task: each stays about one shard
@@ -512,7 +519,9 @@ def _finish(run: _Run, parts: list[dict[str, Any]]) -> str:
         sink.abort()
         raise
     ordered = [shards[s.file] for s in p.shards]
-    result = _result(where, ordered, copied, skipped, now() - float(rec.get("started_at") or now()))
+    result = _result(
+        where, ordered, copied, skipped, now() - float(rec.get("started_at") or now()), p.warnings
+    )
     result["subtasks"] = [
         {"part": x["part"], "worker": x["worker"], "shards": [s["file"] for s in x["shards"]]} for x in parts
     ]
