@@ -28,7 +28,7 @@ from rich.table import Table
 
 from . import __version__
 from .errors import ConversionError
-from .plan import DEFAULT_MAX_SHARD_SIZE, Plan, plan
+from .plan import DEFAULT_MAX_SHARD_SIZE, Plan, plan, resolve_model_type
 from .rules import get_entry, model_types, rules_for
 from .rules.core import Convert
 
@@ -104,6 +104,7 @@ def cmd_convert(a: argparse.Namespace) -> int:
         dtype=a.dtype,
         max_shard_size=a.max_shard_size,
         dequantize=a.dequantize,
+        check_layout=not a.no_layout_check,
     )
     if a.dry_run:
         if a.json:
@@ -172,6 +173,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
         dtype=a.dtype,
         max_shard_size=a.max_shard_size,
         dequantize=a.dequantize,
+        check_layout=not a.no_layout_check,
     )
     if a.json:
         out.print_json(json.dumps(p.to_dict(pieces=a.pieces)))
@@ -199,13 +201,21 @@ def cmd_plan(a: argparse.Namespace) -> int:
 
 def cmd_rules(a: argparse.Namespace) -> int:
     direction = "reverse" if a.reverse else "forward"
+    config = _read_config_arg(a.config) if a.config else None
+    if a.model_type is None and config is not None:
+        a.model_type = resolve_model_type(None, config, a.config)
     if a.model_type is None:
-        rows = [get_entry(m).summary() for m in model_types()]
+        rows = [get_entry(m).summary() for m in model_types(every=a.all)]
         if a.json:
             out.print_json(json.dumps(rows))
             return 0
         supported = sum(r["supported"] for r in rows)
-        t = Table(title=f"{len(rows)} model types ({supported} supported)")
+        none = sum(r["conversion"] == "none" for r in rows)
+        t = Table(
+            title=f"{len(rows)} model types ({supported} supported"
+            + (f"; {none} need no conversion" if none else "; --all adds the types that need no conversion")
+            + ")"
+        )
         for col in (
             "model_type",
             "family",
@@ -229,11 +239,16 @@ def cmd_rules(a: argparse.Namespace) -> int:
             )
         out.print(t)
         return 0
-    rs = rules_for(a.model_type, direction=direction)
+    rs = rules_for(a.model_type, direction=direction, config=config)
     entry = get_entry(a.model_type)
     if a.json:
         out.print_json(json.dumps({**entry.summary(), **rs.to_dict()}))
         return 0
+    if entry.conversion == "none" and not rs.nested:
+        out.print(
+            f"[green]{a.model_type}: no conversion needed[/] -- transformers loads its checkpoints as published; "
+            f"only the legacy renames apply ({len(rs.renames)} listed below)"
+        )
     t = Table(title=f"{a.model_type} ({direction}): applied in this order")
     for col in ("#", "kind", "from", "to", "ops / conditions"):
         t.add_column(col)
@@ -274,6 +289,8 @@ def cmd_rules(a: argparse.Namespace) -> int:
         out.print(
             "nested sub-models: " + ", ".join(f"{n.key} under {n.path or '(root)'}" for n in entry.submodels)
         )
+    if rs.nested:
+        out.print("from config.json: " + ", ".join(f"{k} rules under {p}" for p, k in rs.nested))
     if rs.keep_fp32:
         out.print(f"kept in float32 under --dtype bf16/fp16: {', '.join(rs.keep_fp32)}")
     support = entry.quantized_support
@@ -282,6 +299,19 @@ def cmd_rules(a: argparse.Namespace) -> int:
     if entry.unsupported:
         out.print(f"[red]not supported: {entry.unsupported}[/]")
     return 0
+
+
+def _read_config_arg(path: str) -> dict[str, Any]:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "config.json"
+    try:
+        doc = json.loads(p.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read {p} as JSON ({e})") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"{p} is not a JSON object")
+    return doc
 
 
 # --- demo ---------------------------------------------------------------------------------------------------------
@@ -365,6 +395,12 @@ def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.Argume
             "--max-shard-size", default=DEFAULT_MAX_SHARD_SIZE, help="e.g. 5GB (default), 500MB, 2GiB"
         )
         p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.add_argument(
+            "--no-layout-check",
+            action="store_true",
+            help="do not refuse tensor names that a model of this type does not have (at your own risk: "
+            "transformers ignores such tensors and initialises the missing ones randomly)",
+        )
 
     c = sub.add_parser("convert", help="convert a checkpoint folder")
     c.add_argument("source")
@@ -395,6 +431,11 @@ def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.Argume
     r.add_argument("model_type", nargs="?")
     r.add_argument("--reverse", action="store_true")
     r.add_argument("--json", action="store_true")
+    r.add_argument("--all", action="store_true", help="list every model type transformers knows")
+    r.add_argument(
+        "--config",
+        help="a config.json (or its folder): the rules composed for it, nested sub-models included",
+    )
     r.set_defaults(func=cmd_rules)
 
     d = sub.add_parser("demo", help="make a small Mixtral-shaped checkpoint, convert it and back, and verify")

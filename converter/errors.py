@@ -94,6 +94,17 @@ class TargetCollisionError(PlanError):
     """Two source tensors map to the same output name."""
 
 
+class LayoutMismatchError(PlanError):
+    """The checkpoint's tensor names are not where a model of this type keeps its weights, on either side of the
+    rules (e.g. Mistral's native ``tok_embeddings``/``layers.N.attention.wq`` layout given as mixtral, or the original
+    LLaVA codebase's ``model.mm_projector``): converting would publish names transformers ignores."""
+
+
+class UnconvertedTensorError(PlanError):
+    """A forward conversion would leave tensors that a rule of this model type converts (per-expert tensors not
+    merged, e.g. a text model nested where its rules do not reach)."""
+
+
 class ShapeError(PlanError):
     """An op cannot be applied to the shapes it receives (e.g. chunking an odd dimension in two)."""
 

@@ -22,14 +22,16 @@ from typing import Any
 from .errors import (
     CheckpointError,
     DuplicateExpertError,
+    LayoutMismatchError,
     MissingExpertError,
     MissingSourceError,
     ShapeError,
     TargetCollisionError,
+    UnconvertedTensorError,
     UnsupportedError,
 )
 from .layout import Piece, VirtualTensor, from_file
-from .rules import REGISTRY, get_entry, rules_for
+from .rules import get_entry, rules_for
 from .rules.core import Convert, Rename, Rule, RuleSet, fill_stars, keep_fp32_matches, template_body
 from .rules.describe import described
 from .rules.ops import OpContext, Slot, cast
@@ -40,6 +42,7 @@ from .rules.quantization import (
     fp8_renames,
     quantization_of,
 )
+from .rules.tables import known_model_types, layout
 from .safetensors_io import DTYPE_ALIASES, FLOAT_DTYPES, CheckpointIndex, parse_size, shard_name
 from .storage import Source, open_source
 
@@ -393,7 +396,8 @@ def normalize_dtype(dtype: str | None) -> str | None:
 
 
 def resolve_model_type(model_type: str | None, config: Mapping[str, Any] | None, where: str) -> str:
-    """The explicit model_type, else ``config.json``'s; a mismatch between the two is an error."""
+    """The explicit model_type, else ``config.json``'s. An explicit type overrides a config type transformers does
+    not know (custom code, e.g. ``minimax_m1`` as ``minimax``); against a known one it must have the same rules."""
     found = config.get("model_type") if config else None
     if model_type is None:
         if not isinstance(found, str) or not found:
@@ -401,9 +405,9 @@ def resolve_model_type(model_type: str | None, config: Mapping[str, Any] | None,
                 f"{where} has no config.json with a model_type; pass --model-type", file=where
             )
         model_type = found
-    elif isinstance(found, str) and found and found != model_type:
-        a, b = get_entry(model_type), REGISTRY.get(found)
-        if b is None or a.rules != b.rules:
+    elif isinstance(found, str) and found and found != model_type and found in known_model_types():
+        a, b = get_entry(model_type), get_entry(found)
+        if a.rules != b.rules:
             raise CheckpointError(
                 f"--model-type {model_type} disagrees with config.json's model_type {found!r}; "
                 "omit --model-type to use the config's",
@@ -427,6 +431,7 @@ def plan(
     key_mapping: Mapping[str, str] | None = None,
     add_legacy: bool = True,
     dequantize: bool = False,
+    check_layout: bool = True,
 ) -> Plan:
     """Plan the conversion of the checkpoint at ``source`` from its headers alone.
 
@@ -435,7 +440,8 @@ def plan(
     checkpoint (FP8, MXFP4: ``quantization_config`` in config.json) stays quantized, its scales merged like its
     weights; ``dequantize=True`` dequantizes it as transformers does (to ``dtype``, else config.json's ``dtype``,
     else bf16). Raises a typed :class:`~converter.errors.ConversionError` naming the tensor for anything that
-    would make the output wrong.
+    would make the output wrong, including names that do not belong to a model of this type
+    (:class:`~converter.errors.LayoutMismatchError`; ``check_layout=False`` skips that check, at your own risk).
     """
     src = open_source(source)
     if config is None:
@@ -467,6 +473,11 @@ def plan(
     tensors = build_tensors(index, rules, config=config, dtype=d, tensors=inputs, applied=applied)
     if quant is not None and quant.method == "fp8" and not dequantize:
         check_fp8_scales_follow(tensors, rules)
+    model_side = [t.name for t in tensors] if direction == "forward" else list(index.tensors)
+    if check_layout:
+        check_model_layout(model_side, mt, src, where="output" if direction == "forward" else "input")
+    if direction == "forward":
+        check_nothing_left(tensors, rules)
     if d is not None:
         output_config = config_with_dtype(output_config or config, d)
     size = parse_size(max_shard_size)
@@ -490,6 +501,61 @@ def plan(
         skipped_files=skipped,
         warnings=list(index.warnings),
     )
+
+
+#: names that give away a layout other than the Hugging Face one, and what it is
+FOREIGN_LAYOUTS = (
+    (
+        ("tok_embeddings", "attention.wq", "feed_forward.w1", "attention_norm"),
+        "the Mistral/Meta reference-implementation layout (consolidated.safetensors, params.json); convert the "
+        "Hugging Face-format repo instead (or transformers' convert_mistral_weights_to_hf / "
+        "convert_llama_weights_to_hf first)",
+    ),
+    (
+        ("mm_projector", "vision_tower.vision_tower"),
+        "the original LLaVA codebase layout (model.mm_projector); use the llava-hf checkpoint (or transformers' "
+        "convert_llava_weights_to_hf first)",
+    ),
+)
+
+
+def check_model_layout(names: Iterable[str], model_type: str, source: Source, *, where: str) -> None:
+    """Refuse when tensor names on the model side of a conversion (the output of a forward one, the input of a
+    reverse one) are not where a ``model_type`` model keeps weights (:func:`converter.rules.tables.layout`, from
+    every class transformers 5.23 has for the type, by the first two name components)."""
+    lay = layout(model_type)
+    if lay is None:
+        return
+    bad = [n for n in names if not lay.admits(n) and not lay.ignored(n)]
+    if not bad:
+        return
+    hint = next(
+        (what for marks, what in FOREIGN_LAYOUTS if any(m in n for n in bad for m in marks)),
+        f"the checkpoint is not a {model_type} checkpoint in the published or the transformers layout "
+        "(check --model-type and the source)",
+    )
+    shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+    raise LayoutMismatchError(
+        f"{len(bad)} {where} tensor name(s) are not where a {model_type} model keeps its weights: {shown}. "
+        f"This looks like {hint}",
+        key=bad[0],
+        file=source.description,
+    )
+
+
+def check_nothing_left(tensors: Iterable[PlannedTensor], rules: RuleSet) -> None:
+    """Refuse a forward plan that leaves tensors a converter of these rules takes (outside the scope its rules
+    reach): e.g. per-expert weights of a text model nested under a path no rule covers."""
+    left = [
+        t.name for t in tensors if t.rule is None and any(c.match_anywhere(t.name) for c in rules.converters)
+    ]
+    if left:
+        shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+        raise UnconvertedTensorError(
+            f"{len(left)} tensor(s) would be left unconverted although a rule of {rules.model_type} converts "
+            f"such tensors elsewhere: {shown}; refusing rather than publishing a half-converted checkpoint",
+            key=left[0],
+        )
 
 
 #: safetensors dtype -> the name config.json uses

@@ -198,13 +198,13 @@ class _Unpickler(pickle.Unpickler):
 
 
 class _RangeFile(io.RawIOBase):
-    """A seekable read-only file over ``read_at(offset, length)`` for :mod:`zipfile` (reads in 64 KB blocks, the
+    """A seekable read-only file over ``read_at(offset, length)`` for :mod:`zipfile` (reads in 16 KB blocks, the
     last few kept, so the central directory costs one or two reads, not hundreds)."""
 
-    BLOCK = 64 * 1024
+    BLOCK = 16 * 1024
 
-    def __init__(self, read_at: ReadAt, size: int) -> None:
-        self.read_at, self.size, self.pos = read_at, size, 0
+    def __init__(self, read_at: ReadAt, size: int, file: str) -> None:
+        self.read_at, self.size, self.pos, self.file = read_at, size, 0, file
         self._blocks: dict[int, bytes] = {}
 
     def readable(self) -> bool:
@@ -244,7 +244,12 @@ class _RangeFile(io.RawIOBase):
         return got
 
     def read_exact(self, offset: int, length: int) -> bytes:
-        """``length`` bytes at ``offset`` in one read (records and the pickle: not through the block cache)."""
+        """``length`` bytes at ``offset`` in one read (records and the pickle: not through the block cache);
+        a range outside the file is a :class:`HeaderError` (a zip directory can point anywhere)."""
+        if offset < 0 or length < 0 or offset + length > self.size:
+            raise HeaderError(
+                f"{self.file}: zip entry at byte {offset} (+{length}) is outside the file", file=self.file
+            )
         return self.read_at(offset, length) if length else b""
 
 
@@ -254,7 +259,10 @@ def _data_offset(f: _RangeFile, info: zipfile.ZipInfo, file: str) -> int:
     if len(head) != 30 or head[:4] != b"PK\x03\x04":
         raise HeaderError(f"{file}: zip record {info.filename} has no local header", file=file)
     name_len, extra_len = struct.unpack("<HH", head[26:30])
-    return info.header_offset + 30 + name_len + extra_len
+    start = info.header_offset + 30 + name_len + extra_len
+    if start + info.file_size > f.size:
+        raise HeaderError(f"{file}: zip record {info.filename} runs past the end of the file", file=file)
+    return start
 
 
 def is_bin_checkpoint_name(name: str) -> bool:
@@ -270,7 +278,7 @@ def read_bin_header(read_at: ReadAt, size: int, *, file: str, parallel: int = 1)
     at once (for remote files)."""
     if size < 4:
         raise HeaderError(f"{file}: {size} bytes is too short for a PyTorch checkpoint", file=file)
-    f = _RangeFile(read_at, size)
+    f = _RangeFile(read_at, size, file)
     first = f.read_exact(0, min(size, len(LEGACY_MAGIC)))
     if first[:4] != b"PK\x03\x04":
         if first.startswith(LEGACY_MAGIC[:2]):

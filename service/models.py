@@ -175,6 +175,10 @@ class JobList(BaseModel):
 
 class RuleSummary(BaseModel):
     model_type: str
+    conversion: Literal["converts", "none", "refused"] = Field(
+        description="converts: names change or tensors merge; none: transformers loads this type as published "
+        "(legacy renames only); refused: see unsupported_reason"
+    )
     family: str
     alias_of: str | None
     renames: int
@@ -209,6 +213,28 @@ class PreviewRequest(BaseModel):
     names: list[str] = Field(max_length=100_000)
     direction: Direction = "forward"
     config: dict[str, Any] | None = Field(None, description="config.json, for rules that depend on it")
+
+
+class ResolveRequest(BaseModel):
+    """A checkpoint's config.json: the rules composed for it, nested sub-models included."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "config": {
+                        "model_type": "llava",
+                        "text_config": {"model_type": "mixtral"},
+                        "vision_config": {"model_type": "clip_vision_model"},
+                    }
+                }
+            ]
+        },
+    )
+    config: dict[str, Any] = Field(description="config.json as published")
+    model_type: str | None = Field(None, description="override config.json's model_type")
+    direction: Direction = "forward"
 
 
 class PreviewEntry(BaseModel):

@@ -348,3 +348,38 @@ def test_token_prompt(svc, browser):
             assert page.evaluate("sessionStorage.length") == 0
     finally:
         api.stop()
+
+
+def test_rules_pages_know_every_type_and_compose_a_config(svc, browser):
+    """llama needs no conversion (200, said so); a llava whose text model is mixtral composes mixtral's rules
+    under model.language_model, on the API and on the rule page, and the preview then merges its experts."""
+    llama = svc.http.get("/rules/llama")
+    assert llama.status_code == 200 and llama.json()["conversion"] == "none"
+    assert svc.http.get("/rules/not_a_model").status_code == 404
+    cfg = {
+        "model_type": "llava",
+        "text_config": {"model_type": "mixtral"},
+        "vision_config": {"model_type": "clip_vision_model"},
+    }
+    r = svc.http.post("/rules/resolve", json={"config": cfg})
+    assert r.status_code == 200 and r.json()["nested"] == [
+        {"path": "model.language_model", "rules_of": "mixtral"}
+    ]
+    assert any(x["kind"] == "convert" and x.get("scope") == "model.language_model" for x in r.json()["rules"])
+    with Page(browser, DESKTOP) as page:
+        page.goto(svc.url + "/ui/rules?q=llama")
+        row = page.locator("#rules-table tbody tr", has=page.get_by_role("link", name="llama", exact=True))
+        assert "none needed" in row.text_content()
+        page.goto(svc.url + "/ui/rules/llava")
+        page.get_by_label("config.json", exact=True).fill(__import__("json").dumps(cfg))
+        page.get_by_role("button", name="Compose").click()
+        page.locator("#compose-result", has_text="under model.language_model").wait_for()
+        assert "mixtral" in page.locator("#compose-result").text_content()
+        page.get_by_label("Tensor names, one per line").fill(
+            "language_model.model.layers.0.block_sparse_moe.experts.3.w1.weight"
+        )
+        page.get_by_role("button", name="Preview").click()
+        page.locator(
+            ".preview-target", has_text="model.language_model.layers.0.mlp.experts.gate_up_proj"
+        ).wait_for()
+        shot(page, "desktop-rules-compose")

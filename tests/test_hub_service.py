@@ -180,5 +180,8 @@ def test_no_safetensors_fails_the_job_with_a_typed_error(env):
         path_or_fileobj=json.dumps({"model_type": "mixtral"}).encode(),
     )
     job = run(e, {"source": "org/no-weights", "destination": {"repo_id": "org/x2"}}, expect="failed")
-    assert job["error"]["type"] == "CheckpointError" and "has no weights transformers can load" in job["error"]["message"]
+    assert (
+        job["error"]["type"] == "CheckpointError"
+        and "has no weights transformers can load" in job["error"]["message"]
+    )
     assert not e.hub.api.repo_exists("org/x2")

@@ -124,7 +124,19 @@ _MODEL_CLASSES: dict[str, str] = {
     "qwen4_exp_text": "Qwen4ExpForCausalLM",
     "solar_open": "SolarOpenForCausalLM",
     "step3p7": "Step3p7ForConditionalGeneration",
+    # composite models (their text model is given by name, e.g. "llava+mixtral") and types that need no conversion
+    "internvl": "InternVLForConditionalGeneration",
+    "llama": "LlamaForCausalLM",
+    "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM",
+    "qwen3": "Qwen3ForCausalLM",
+    "gemma2": "Gemma2ForCausalLM",
+    "phi3": "Phi3ForCausalLM",
 }
+
+#: composite models whose text model converts on its own: ``outer+text`` -> the outer type's config with a
+#: ``text_config`` of the text type (InternVL3.5-30B-A3B-HF is internvl + qwen3_moe)
+COMPOSITES: tuple[str, ...] = ("llava+mixtral", "llava+qwen3_moe", "mistral3+mixtral", "internvl+qwen3_moe")
 
 # ---------------------------------------------------------------------------------------------------------------
 # Tiny config values. A key is only passed to a config class whose default instance has that attribute, so one
@@ -403,11 +415,18 @@ def tiny_config(model_type: str) -> PretrainedConfig:
     sub-config, vision towers of width 32 with 1 layer; ``config.dtype`` (alias ``torch_dtype``) is bfloat16.
 
     Built from ``_TEXT``/``_VISION`` (only the keys a config class has) plus ``_OVERRIDES[model_type]``."""
-    if model_type not in _MODEL_CLASSES:
+    outer, _, text = model_type.partition("+")
+    if outer not in _MODEL_CLASSES or (text and text not in _MODEL_CLASSES):
         raise KeyError(f"unknown model type {model_type!r}; known: {', '.join(MODEL_TYPES)}")
-    cls = _config_class(model_type)
+    cls = _config_class(outer)
     default = cls()
-    kwargs = _tiny_kwargs(default, _TEXT, _OVERRIDES.get(model_type, {}))
+    kwargs = _tiny_kwargs(default, _TEXT, _OVERRIDES.get(outer, {}))
+    if text:  # the text model of another type, sized as if it were built alone
+        text_default = _config_class(text)()
+        kwargs["text_config"] = {
+            **_tiny_kwargs(text_default, _TEXT, _OVERRIDES.get(text, {})),
+            "model_type": text,
+        }
     config = cls(**kwargs)
     _set_everywhere(config, tie_word_embeddings=False, dtype=DTYPE)
     return config
@@ -415,7 +434,7 @@ def tiny_config(model_type: str) -> PretrainedConfig:
 
 # ---------------------------------------------------------------------------------------------------------------
 def _model_class(model_type: str) -> type[PreTrainedModel]:
-    return getattr(transformers, _MODEL_CLASSES[model_type])
+    return getattr(transformers, _MODEL_CLASSES[model_type.partition("+")[0]])
 
 
 def _fp32_pattern(model: PreTrainedModel, dtype: torch.dtype) -> re.Pattern[str] | None:

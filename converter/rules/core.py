@@ -354,6 +354,10 @@ class Convert:
                 return i, m
         return None
 
+    def match_anywhere(self, name: str) -> bool:
+        """Whether a source pattern matches ``name`` ignoring this rule's scope (what a scope may have missed)."""
+        return any(search(s, name) is not None for s in self.sources)
+
     @property
     def byte_exact_copy(self) -> bool:
         return all(op.byte_exact_copy for op in self.ops)
@@ -481,7 +485,8 @@ class RuleSet:
     keep_fp32: tuple[str, ...] = ()
     #: params kept in float32 only when casting to fp16 (``_keep_in_fp32_modules``)
     keep_fp32_for_fp16: tuple[str, ...] = ()
-    sources: tuple[str, ...] = field(default=())  # where the rules come from, for reports
+    #: nested sub-models whose rules were composed in from the config: (module path, whose rules)
+    nested: tuple[tuple[str, str], ...] = field(default=())
 
     def rename(self, name: str) -> str:
         for r in self.renames:
@@ -527,6 +532,7 @@ class RuleSet:
             "rules": [r.to_dict() for r in self.rules],
             "keep_fp32": list(self.keep_fp32),
             "keep_fp32_for_fp16": list(self.keep_fp32_for_fp16),
+            "nested": [{"path": p, "rules_of": k} for p, k in self.nested],
         }
 
 

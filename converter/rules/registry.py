@@ -12,12 +12,15 @@ where they nest (:class:`Nested`); its rules are its own followed by each nested
 from __future__ import annotations
 
 import difflib
+import functools
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..errors import UnknownModelTypeError, UnsupportedError
-from .core import Convert, RegexRename, Rename, RenameGroup, Rule, RuleSet, Scope, applies, scoped
+from .core import Convert, RegexRename, Rename, RenameGroup, Rule, RuleSet, Scope, applies, config_get, scoped
+from .tables import auto_class, head_class, known_model_types
+from .tables import submodels as table_submodels
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,14 @@ class ModelTypeEntry:
     root_class: str | None = None
 
     @property
+    def conversion(self) -> str:
+        """``"converts"`` (names change or tensors are merged), ``"none"`` (transformers loads this type's
+        checkpoints as they are, with at most its legacy renames), or ``"refused"`` (:attr:`unsupported`)."""
+        if self.unsupported is not None:
+            return "refused"
+        return "converts" if self.rules else "none"
+
+    @property
     def ops(self) -> list[str]:
         return sorted({op.op_name for r in self.rules if isinstance(r, Convert) for op in r.ops})
 
@@ -93,6 +104,7 @@ class ModelTypeEntry:
     def summary(self) -> dict[str, Any]:
         return {
             "model_type": self.model_type,
+            "conversion": self.conversion,
             "family": self.family,
             "alias_of": self.alias_of,
             "renames": sum(not isinstance(r, Convert) for r in self.rules),
@@ -208,18 +220,105 @@ def alias(model_type: str, base: str, **overrides: Any) -> ModelTypeEntry:
     return register(model_type, b.root_rules, **kw)
 
 
-def model_types() -> list[str]:
-    return sorted(REGISTRY)
+def model_types(*, every: bool = False) -> list[str]:
+    """The model types with rules of their own; ``every=True``: every type transformers 5.23 knows (those
+    without rules need no conversion)."""
+    return sorted(set(REGISTRY) | known_model_types()) if every else sorted(REGISTRY)
+
+
+NO_CONVERSION_NOTE = (
+    "transformers loads checkpoints of this type as they are (only its legacy renames apply, e.g. "
+    "LayerNorm.gamma -> LayerNorm.weight); nested sub-models named in config.json may still bring rules"
+)
+
+
+@functools.cache
+def _plain_entry(model_type: str) -> ModelTypeEntry:
+    return ModelTypeEntry(model_type, (), "none", notes=NO_CONVERSION_NOTE)
 
 
 def get_entry(model_type: str) -> ModelTypeEntry:
-    """The registry entry; :class:`UnknownModelTypeError` (with close names) when there is none."""
+    """The registry entry; a type transformers knows without rules of its own gets an entry with none
+    (:attr:`ModelTypeEntry.conversion` ``"none"``); :class:`UnknownModelTypeError` (with close names) for a type
+    transformers does not know."""
     entry = REGISTRY.get(model_type)
-    if entry is None:
-        raise UnknownModelTypeError(
-            model_type, difflib.get_close_matches(model_type, REGISTRY, n=5, cutoff=0.6)
-        )
-    return entry
+    if entry is not None:
+        return entry
+    if model_type in known_model_types():
+        return _plain_entry(model_type)
+    candidates = sorted(set(REGISTRY) | known_model_types())
+    raise UnknownModelTypeError(
+        model_type, difflib.get_close_matches(model_type, candidates, n=5, cutoff=0.6)
+    )
+
+
+@dataclass(frozen=True)
+class NestedRules:
+    """A nested sub-model's rules composed in from a config: where it lives, whose rules, the rules (scoped)."""
+
+    path: str
+    key: str
+    rules: tuple[Rule, ...]
+    keep_fp32: tuple[str, ...] = ()
+    keep_fp32_for_fp16: tuple[str, ...] = ()
+
+
+def nested_from_config(entry: ModelTypeEntry, config: Mapping[str, Any] | None) -> list[NestedRules]:
+    """The rules of the sub-models that ``config`` nests (``text_config``, ``vision_config``, ... with a
+    ``model_type`` of their own), scoped to where each lives, as transformers 5.23 composes them
+    (``get_model_conversion_mapping``: every nested ``PreTrainedModel``, its class's rules first, else its
+    model_type's; skipped when an ancestor already applies the same class or type). A llava whose
+    ``text_config.model_type`` is mixtral gets mixtral's rules under ``model.language_model``. Sub-models this
+    type's entry already nests (:attr:`ModelTypeEntry.submodels`) are left as they are."""
+    if not config:
+        return []
+    static = {n.path for n in entry.submodels}
+    seen: dict[str, list[str]] = {}
+    root = entry.root_class or head_class(entry.model_type)
+    if root:
+        seen.setdefault(root, []).append("")
+    if entry.root_class is None:
+        seen.setdefault(entry.model_type, []).append("")
+    for n in entry.submodels:
+        seen.setdefault(n.key, []).append(n.path)
+    out: list[NestedRules] = []
+    for slot in table_submodels(entry.model_type):
+        if slot.path in static or not slot.config:
+            continue
+        sub = config_get(config, slot.config)
+        sub_type = sub.get("model_type") if isinstance(sub, Mapping) else None
+        if not isinstance(sub_type, str) or not sub_type:
+            continue
+        if sub_type == slot.model_type:
+            cls = slot.class_name
+        elif slot.built_by_auto_model and sub_type in known_model_types():
+            cls = auto_class(sub_type) or ""  # what AutoModel.from_config builds for the sub-config here
+        else:
+            cls = ""  # the outer model picks the class itself: only the model_type's rules can apply
+
+        def claimed(ident: str, path: str = slot.path) -> bool:
+            return any(p == "" or path.startswith(p + ".") for p in seen.get(ident, ()))
+
+        if cls and claimed(cls):
+            continue
+        if cls in SUBMODELS:
+            rules, key, via_class = SUBMODELS[cls].rules, cls, True
+            keep: tuple[tuple[str, ...], tuple[str, ...]] = ((), ())
+        else:
+            if claimed(sub_type):
+                continue
+            sub_entry = REGISTRY.get(sub_type)
+            if sub_entry is None:
+                continue
+            rules, key, via_class = sub_entry.root_rules, sub_type, False
+            keep = (sub_entry.keep_fp32, sub_entry.keep_fp32_for_fp16)
+        if cls:
+            seen.setdefault(cls, []).append(slot.path)
+        if not via_class:
+            seen.setdefault(sub_type, []).append(slot.path)
+        if rules or any(keep):
+            out.append(NestedRules(slot.path, key, scoped(slot.path, rules), *keep))
+    return out
 
 
 def check_architecture(entry: ModelTypeEntry, config: Mapping[str, Any] | None) -> None:
@@ -293,23 +392,26 @@ def rules_for(
 
     entry = get_entry(model_type)
     check_architecture(entry, config)
+    nested = nested_from_config(entry, config)
     rules: list[Rule] = list(prepend)
     if key_mapping:
         rules.extend(RegexRename(k, v) for k, v in key_mapping.items())
+    own = [*entry.rules, *(r for n in nested for r in n.rules)]
     if fp8_scales:
         model_rules: list[Rule] = []
-        for r in entry.rules:
+        for r in own:
             model_rules.extend(fp8_scale_converters([r]) if isinstance(r, Convert) else [r])
         rules.extend(model_rules)
     else:
-        rules.extend(entry.rules)
+        rules.extend(own)
     if add_legacy:
         rules.extend(LEGACY)
-    return build_ruleset(
+    rs = build_ruleset(
         model_type,
         rules,
         direction=direction,
         config=config,
-        keep_fp32=entry.keep_fp32,
-        keep_fp32_for_fp16=entry.keep_fp32_for_fp16,
+        keep_fp32=(*entry.keep_fp32, *(k for n in nested for k in n.keep_fp32)),
+        keep_fp32_for_fp16=(*entry.keep_fp32_for_fp16, *(k for n in nested for k in n.keep_fp32_for_fp16)),
     )
+    return replace(rs, nested=tuple((n.path, n.key) for n in nested)) if nested else rs

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
+from typing import Any
 
 from fastapi import APIRouter, Query, Response
 
+from converter.plan import resolve_model_type
 from converter.preview import preview
 from converter.rules import get_entry, model_types, rules_for
 from converter.rules.describe import described
 
-from ..models import Direction, PreviewRequest, PreviewResponse, RuleList, RuleSummary
+from ..models import Direction, PreviewRequest, PreviewResponse, ResolveRequest, RuleList, RuleSummary
 from .errors import ERRORS
 
 router = APIRouter(tags=["rules"])
@@ -26,7 +28,7 @@ async def list_rules(
 
 @lru_cache(maxsize=256)
 def _rule_list(q: str) -> bytes:
-    rows = [RuleSummary(**get_entry(t).summary()) for t in model_types() if q in t]
+    rows = [RuleSummary(**get_entry(t).summary()) for t in model_types(every=True) if q in t]
     return RuleList(data=rows, count=len(rows)).model_dump_json().encode()
 
 
@@ -43,11 +45,28 @@ async def get_rules(model_type: str, direction: Direction = "forward") -> Respon
 @lru_cache(maxsize=1024)
 def _rules_json(model_type: str, direction: str) -> bytes:
     """Rules are immutable data: serialised once per (model_type, direction); errors are not cached."""
+    return json.dumps(_rules_doc(model_type, direction, None)).encode()
+
+
+def _rules_doc(model_type: str, direction: str, config: dict[str, Any] | None) -> dict[str, Any]:
     entry = get_entry(model_type)
-    ruleset = rules_for(model_type, direction=direction)
+    ruleset = rules_for(model_type, direction=direction, config=config)
     d = ruleset.to_dict()
     d["rules"] = [described(r) for r in ruleset.rules]
-    return json.dumps({**entry.summary(), **d}).encode()
+    return {**entry.summary(), **d}
+
+
+@router.post("/rules/resolve", responses=ERRORS, summary="The rules composed for a config.json")
+def resolve_rules(body: ResolveRequest) -> Response:
+    """The rules the planner applies to a checkpoint with this ``config.json``: its model type's (or
+    ``model_type``'s), then those of every nested sub-model the config names with a model type of its own
+    (``text_config``, ``vision_config``, ...), scoped to where the sub-model lives (``nested`` lists them), as
+    transformers 5.23 composes them. ``conversion`` is ``converts`` when any rule applies."""
+    model_type = resolve_model_type(body.model_type, body.config, "config")
+    doc = _rules_doc(model_type, body.direction, body.config)
+    if doc["nested"] and doc["conversion"] == "none":
+        doc["conversion"] = "converts"
+    return Response(json.dumps(doc), media_type="application/json")
 
 
 @router.post(

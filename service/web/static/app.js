@@ -934,9 +934,12 @@
             h("td", { "data-label": "Merges tensors" }, r.requires_tensor_merging ? "yes" : "no"),
             h(
               "td",
-              { "data-label": "Supported" },
-              r.supported ? "yes" : h("span", { class: "refused" }, "no"),
-              r.supported ? null : h("span", { class: "reason" }, r.unsupported_reason || "refused"),
+              { "data-label": "Conversion" },
+              r.conversion === "refused"
+                ? [h("span", { class: "refused" }, "refused"), h("span", { class: "reason" }, r.unsupported_reason || "")]
+                : r.conversion === "none"
+                  ? h("span", { class: "muted" }, "none needed")
+                  : "converts",
             ),
           ),
         ),
@@ -989,9 +992,16 @@
         ["Ops", s.ops.length ? s.ops.join(", ") : "none"],
         ["Merges tensors", s.requires_tensor_merging ? "yes" : "no"],
         ["Pre-quantized", quant.length ? quant.join("; ") : null],
-        ["Sub-models", s.submodels && s.submodels.length ? s.submodels.map((x) => (typeof x === "string" ? x : x.model_type || JSON.stringify(x))).join(", ") : null],
+        ["Sub-models", s.submodels && s.submodels.length ? s.submodels.map((x) => (typeof x === "string" ? x : `${x.rules_of} under ${x.path || "(root)"}${x.when ? " (when the config says so)" : ""}`)).join(", ") : null],
         ["Kept in fp32", s.keep_fp32 && s.keep_fp32.length ? s.keep_fp32.join(", ") : null],
-        ["Supported", s.supported ? "yes" : `no: ${s.unsupported_reason}`],
+        [
+          "Conversion",
+          s.conversion === "none"
+            ? "none needed: transformers loads this type as published (legacy renames only)"
+            : s.conversion === "refused"
+              ? `refused: ${s.unsupported_reason}`
+              : "converts",
+        ],
       ]);
       $("#rules-forward").replaceChildren(rulesTable(rulesets.forward, "forward", `Forward rules of ${mt}`));
       $("#rules-reverse").replaceChildren(
@@ -1006,6 +1016,50 @@
       const found = (rulesets[direction] || []).find((r) => r.kind === "convert" && JSON.stringify([r.sources, r.targets]) === key);
       return (found && found.describe) || (rule.ops || []).map((o) => o.op).join(", then ");
     };
+
+    // a pasted config.json: the rules composed for it (nested sub-models), also used by the preview
+    let composeConfig = null;
+    $("#compose-form").addEventListener("submit", async (e) => {
+      e.preventDefault();
+      const area = $("#compose-config");
+      const err = $("#compose-error");
+      err.hidden = true;
+      area.removeAttribute("aria-invalid");
+      let config;
+      try {
+        config = JSON.parse(area.value);
+        if (!config || typeof config !== "object" || Array.isArray(config)) throw new Error("not a JSON object");
+      } catch (x) {
+        err.textContent = `Not a config.json: ${x.message}`;
+        err.hidden = false;
+        area.setAttribute("aria-invalid", "true");
+        area.focus();
+        return;
+      }
+      const r = await apiJson("/rules/resolve", {
+        method: "POST",
+        headers: { "Content-Type": "application/json" },
+        body: JSON.stringify({ config, model_type: mt }),
+      });
+      if (!r.ok) {
+        err.textContent = errorText(r.body, r.status);
+        err.hidden = false;
+        area.setAttribute("aria-invalid", "true");
+        return;
+      }
+      composeConfig = config;
+      const nested = r.body.nested || [];
+      $("#compose-result").replaceChildren(
+        h(
+          "p",
+          {},
+          nested.length
+            ? ["Nested sub-models with rules of their own: ", nested.map((n, i) => [i ? ", " : "", h("code", {}, n.rules_of), " under ", h("code", {}, n.path)])]
+            : "No nested sub-model brings rules of its own.",
+        ),
+        rulesTable(r.body.rules, "forward", `Forward rules of ${mt} for this config`),
+      );
+    });
 
     $("#preview-form").addEventListener("submit", async (e) => {
       e.preventDefault();
@@ -1025,7 +1079,7 @@
       const r = await apiJson(`/rules/${encodeURIComponent(mt)}/preview`, {
         method: "POST",
         headers: { "Content-Type": "application/json" },
-        body: JSON.stringify({ names, direction }),
+        body: JSON.stringify(composeConfig ? { names, direction, config: composeConfig } : { names, direction }),
       });
       if (!r.ok) {
         err.textContent = errorText(r.body, r.status);
