@@ -292,6 +292,13 @@ def _fill_default(cfg: Any) -> dict[str, Any]:
         out["head_dim"] = hidden // heads
     if "num_key_value_heads" in vars(cfg) and get("num_key_value_heads") is None and isinstance(heads, int):
         out["num_key_value_heads"] = heads
+    for attr, value in (("n_routed_experts", 4), ("num_experts", 4), ("num_local_experts", 4)):
+        if attr in vars(cfg) and get(attr) is None:
+            out[attr] = value  # MoE counts left None (dots1): experts are one tensor each, prefixes unchanged
+    if "n_shared_experts" in vars(cfg) and get("n_shared_experts") is None:
+        out["n_shared_experts"] = 1
+    if "num_experts_per_tok" in vars(cfg) and get("num_experts_per_tok") is None:
+        out["num_experts_per_tok"] = 2
     if "vocab_size" in vars(cfg) and get("vocab_size") is None:
         out["vocab_size"] = 64
     if "layer_types" in vars(cfg) and get("layer_types") is None and isinstance(layers, int):
@@ -429,7 +436,7 @@ def _with(config: Any, path: str, attr: str, value: Any) -> Any:
 
 
 def inspect_model_type(
-    model_type: str, *, timeout: float = 60.0, shrink_layers: bool = True, flips: bool = True
+    model_type: str, *, timeout: float = 120.0, shrink_layers: bool = True, flips: bool = True
 ) -> dict[str, Any]:
     """Everything the tables need about one model type, from models built on the meta device.
 
@@ -507,7 +514,7 @@ def _inspect(model_type: str, timeout: float, shrink_layers: bool, flips: bool) 
         entry["slots"] = submodel_slots(model, root)
         ignore = getattr(cls, "_keys_to_ignore_on_load_unexpected", None)
         if ignore:
-            entry["ignore_unexpected"] = list(ignore)
+            entry["ignore_unexpected"] = sorted(set(ignore))  # a set on some classes: sorted to be stable
         working[cls_name] = default_root
         del model
 
@@ -686,7 +693,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--jobs", type=int, default=2, help="processes (default 2)")
-    ap.add_argument("--timeout", type=float, default=60.0, help="seconds per config or class build")
+    ap.add_argument("--timeout", type=float, default=120.0, help="seconds per config or class build")
     ap.add_argument("--only", help="comma-separated model types: print their inspection, write nothing")
     ap.add_argument("--no-options", action="store_true", help="do not flip boolean config options")
     ap.add_argument("--check-shrink", help="comma-separated model types: compare default and shrunk configs")
