@@ -98,6 +98,7 @@ def test_layouts_shape():
             "base",
             "options",
             "ignore_unexpected",
+            "fallback",
             "failed",
         }
         assert entry["prefixes"] == sorted(set(entry["prefixes"])) and entry["classes"] == sorted(

@@ -598,7 +598,7 @@ def layout_entry(model_type: str, inspected: dict[str, Any]) -> dict[str, Any]:
 
     prefixes: set[str] = set()
     params: set[str] = set()
-    classes, failed, ignore = [], {}, {}
+    classes, failed, ignore, fallback = [], {}, {}, {}
     for cls_name, info in inspected["classes"].items():
         if "error" in info:
             failed[cls_name] = info["error"]
@@ -609,6 +609,8 @@ def layout_entry(model_type: str, inspected: dict[str, Any]) -> dict[str, Any]:
         params.update(info.get("option_params", ()))
         if info.get("ignore_unexpected"):
             ignore[cls_name] = info["ignore_unexpected"]
+        if info.get("via"):
+            fallback[cls_name] = info["via"]
     for added in inspected["options"].values():
         prefixes.update(added)
     entry: dict[str, Any] = {
@@ -624,6 +626,8 @@ def layout_entry(model_type: str, inspected: dict[str, Any]) -> dict[str, Any]:
         entry["options"] = inspected["options"]
     if ignore:
         entry["ignore_unexpected"] = ignore
+    if fallback:
+        entry["fallback"] = fallback  # built only from a changed default config ("unshrunk", "set head_dim")
     if failed:
         entry["failed"] = failed
     return entry

@@ -109,6 +109,8 @@ class Layout:
     options: Mapping[str, tuple[str, ...]] = field(default_factory=dict, hash=False)
     #: classes transformers lists for the type that did not build here, with the error
     failed: Mapping[str, str] = field(default_factory=dict, hash=False)
+    #: classes built only from a changed default config, and how (``"unshrunk"``, ``"set head_dim"``)
+    fallback: Mapping[str, str] = field(default_factory=dict, hash=False)
     #: the prefixes of the class ``AutoModel.from_config`` builds, as it names them: what a sub-model of this
     #: type nested in another model has under its path (see :func:`layout_for`)
     base: frozenset[str] = frozenset()
@@ -244,6 +246,7 @@ def layout(model_type: str) -> Layout | None:
         ignore_unexpected=tuple(ignore),
         options={k: tuple(v) for k, v in entry.get("options", {}).items()},
         failed=dict(entry.get("failed", {})),
+        fallback=dict(entry.get("fallback", {})),
         base=frozenset(entry.get("base", ())),
     )
 
