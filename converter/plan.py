@@ -42,7 +42,7 @@ from .rules.quantization import (
     fp8_renames,
     quantization_of,
 )
-from .rules.tables import known_model_types, layout
+from .rules.tables import known_model_types, layout, layout_for
 from .safetensors_io import DTYPE_ALIASES, FLOAT_DTYPES, CheckpointIndex, parse_size, shard_name
 from .storage import Source, open_source
 
@@ -475,7 +475,9 @@ def plan(
         check_fp8_scales_follow(tensors, rules)
     model_side = [t.name for t in tensors] if direction == "forward" else list(index.tensors)
     if check_layout:
-        check_model_layout(model_side, mt, src, where="output" if direction == "forward" else "input")
+        check_model_layout(
+            model_side, mt, src, where="output" if direction == "forward" else "input", config=config
+        )
     if direction == "forward":
         check_nothing_left(tensors, rules)
     if d is not None:
@@ -519,11 +521,19 @@ FOREIGN_LAYOUTS = (
 )
 
 
-def check_model_layout(names: Iterable[str], model_type: str, source: Source, *, where: str) -> None:
+def check_model_layout(
+    names: Iterable[str],
+    model_type: str,
+    source: Source,
+    *,
+    where: str,
+    config: Mapping[str, Any] | None = None,
+) -> None:
     """Refuse when tensor names on the model side of a conversion (the output of a forward one, the input of a
-    reverse one) are not where a ``model_type`` model keeps weights (:func:`converter.rules.tables.layout`, from
-    every class transformers 5.23 has for the type, by the first two name components)."""
-    lay = layout(model_type)
+    reverse one) are not where a ``model_type`` model keeps weights (:func:`converter.rules.tables.layout_for`:
+    every class transformers 5.23 has for the type, sub-models of other types named in ``config``, by the first two
+    name components). Names transformers drops on purpose (``_keys_to_ignore_on_load_unexpected``) pass."""
+    lay = layout_for(model_type, config) if config else layout(model_type)
     if lay is None:
         return
     bad = [n for n in names if not lay.admits(n) and not lay.ignored(n)]

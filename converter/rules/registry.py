@@ -269,7 +269,8 @@ def nested_from_config(entry: ModelTypeEntry, config: Mapping[str, Any] | None) 
     (``get_model_conversion_mapping``: every nested ``PreTrainedModel``, its class's rules first, else its
     model_type's; skipped when an ancestor already applies the same class or type). A llava whose
     ``text_config.model_type`` is mixtral gets mixtral's rules under ``model.language_model``. Sub-models this
-    type's entry already nests (:attr:`ModelTypeEntry.submodels`) are left as they are."""
+    type's entry already nests (:attr:`ModelTypeEntry.submodels`) are left as they are; a type without rules of its
+    own gets those of every sub-model it nests that has some (a CLIP model's text and vision towers)."""
     if not config:
         return []
     static = {n.path for n in entry.submodels}
@@ -282,13 +283,15 @@ def nested_from_config(entry: ModelTypeEntry, config: Mapping[str, Any] | None) 
     for n in entry.submodels:
         seen.setdefault(n.key, []).append(n.path)
     out: list[NestedRules] = []
+    registered = entry.model_type in REGISTRY
     for slot in table_submodels(entry.model_type):
-        if slot.path in static or not slot.config:
+        if slot.path in static:
             continue
-        sub = config_get(config, slot.config)
-        sub_type = sub.get("model_type") if isinstance(sub, Mapping) else None
-        if not isinstance(sub_type, str) or not sub_type:
-            continue
+        sub = config_get(config, slot.config) if slot.config else None
+        named = sub.get("model_type") if isinstance(sub, Mapping) else None
+        sub_type = named if isinstance(named, str) and named else slot.model_type
+        if not sub_type or (registered and sub_type == slot.model_type):
+            continue  # a registered type's own nesting (for its default sub-models) is in its entry already
         if sub_type == slot.model_type:
             cls = slot.class_name
         elif slot.built_by_auto_model and sub_type in known_model_types():
