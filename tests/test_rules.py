@@ -7,12 +7,10 @@ import json
 import pytest
 
 import converter
-from converter import conversion_mapping as cm
 from converter.errors import UnknownModelTypeError
 from converter.rules import (
     REGISTRY,
     Convert,
-    Rename,
     compile_template,
     get_entry,
     model_types,
@@ -144,57 +142,3 @@ def test_merge_list_is_derived_from_the_rules():
         "granitemoe"
     )
     assert not converter.requires_tensor_merging("llava") and not converter.requires_tensor_merging("nope")
-
-
-def test_nemo_api_names():
-    assert converter.is_transformers_conversion_available() is True
-    rules = converter.get_checkpoint_conversion_mapping("mixtral")
-    assert isinstance(rules[0], Rename) and rules[0].source == "block_sparse_moe"
-    assert rules is not converter.get_checkpoint_conversion_mapping("mixtral")
-    assert converter.get_checkpoint_conversion_mapping("not_a_type") is None
-    # gemma3: NeMo's hand-written first-match VLM mapping
-    assert converter.get_combined_key_mapping("gemma3") == cm.VLM_KEY_MAPPINGS["gemma3"]
-    km = converter.get_combined_key_mapping("phimoe", {r"^foo\.": "bar."})
-    assert list(km)[0] == r"^foo\." and len(km) == 3
-    import re
-
-    name = "model.layers.0.block_sparse_moe.gate.weight"
-    for rx, repl in km.items():  # chained application gives transformers' name
-        name = re.sub(rx, repl, name, count=1)
-    assert name == "model.layers.0.mlp.router.weight"
-    assert converter.get_combined_key_mapping("qwen2_moe") is None  # converters only
-
-
-def test_get_model_conversion_mapping_accepts_configs(tmp_path):
-    cfg = {"model_type": "llava", "vision_config": {"model_type": "siglip_vision_model"}}
-    (tmp_path / "config.json").write_text(json.dumps(cfg))
-    for arg in (cfg, tmp_path, tmp_path / "config.json", str(tmp_path)):
-        rules = converter.get_model_conversion_mapping(arg, key_mapping={"^x": "y"})
-        assert rules[0].to_dict() == {"kind": "regex_rename", "pattern": "^x", "replacement": "y"}
-        assert any(_drops_vision_model(r) for r in rules)
-        assert rules[-1].to_dict()["source"] == "^language_model.model.model"  # legacy last
-    pix = converter.get_model_conversion_mapping(
-        {"model_type": "mistral3", "vision_config": {"model_type": "pixtral"}}, add_legacy=False
-    )
-    assert not any(_drops_vision_model(r) for r in pix)
-
-
-def _drops_vision_model(r) -> bool:
-    """The CLIP-like vision tower's rule: ``vision_model.`` dropped under ``model.vision_tower``."""
-    return getattr(r, "scope", "") == "model.vision_tower" and getattr(r, "source", "") == "^vision_model"
-
-
-def test_get_model_conversion_mapping_accepts_a_transformers_model():
-    transformers = pytest.importorskip("transformers")
-    cfg = transformers.MixtralConfig(
-        hidden_size=16,
-        intermediate_size=8,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=1,
-        num_local_experts=2,
-        vocab_size=32,
-    )
-    model = transformers.MixtralForCausalLM(cfg)
-    rules = converter.get_model_conversion_mapping(model)
-    assert [type(r).__name__ for r in rules[:3]] == ["Rename", "Convert", "Convert"]
