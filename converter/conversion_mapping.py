@@ -27,6 +27,7 @@ from .errors import UnsupportedError
 from .rules import LEGACY, REGISTRY, SUBMODELS, rules_for
 from .rules.core import Convert, RegexRename, Rename, RenameGroup, Rule, fill_stars, search
 from .rules.quantization import fp8_renames
+from .rules.tables import known_model_types
 from .rules.to_transformers import END, GAP, GAP1, guard_regex, rename_regex, to_transformers
 
 #: model types whose checkpoints need tensor ops (stacking experts, concatenating, transposing), not only renames:
@@ -204,7 +205,7 @@ def _our_rules_for_config(
     every rule applies), the caller's ``key_mapping`` first, the legacy renames last. A type we do not know gets
     only ``key_mapping`` and the legacy renames, as in transformers."""
     prepend = fp8_renames(()) if fp8 else ()
-    if model_type in REGISTRY:
+    if model_type in REGISTRY or model_type in known_model_types():
         rs = rules_for(
             model_type,
             config=config,
