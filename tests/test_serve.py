@@ -77,12 +77,12 @@ def test_serve_submit_stop_restart(tmp_path):
     job_id = r.stdout.strip()
     assert "succeeded" in r.stderr
     assert read_tensors(tmp_path / "out")["model.layers.0.mlp.experts.gate_up_proj"].shape == (4, 12, 8)
-    # a failing job: submit --wait exits 1 with the job's error
+    # a request the service refuses: submit --wait exits 2 (refused) with the reason
     r = subprocess.run(
         [sys.executable, "-m", "service.cli", "submit", str(src), "--to", str(tmp_path / "out2"), "--model-type",
          "qwen2_moe", "--wait", "--server", url], capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert r.returncode == 1 and "disagrees with config.json" in r.stderr  # refused at submit time
+    assert r.returncode == 2 and "disagrees with config.json" in r.stderr  # refused at submit time
     # Ctrl-C stops all three cleanly
     p.send_signal(signal.SIGINT)
     assert p.wait(60) == 0
