@@ -187,3 +187,24 @@ def test_convert_refuses_before_writing(published, tmp_path):
     with pytest.raises(LayoutMismatchError):
         convert(src, tmp_path / "out", model_type="mixtral")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["native"]
+
+
+def test_get_model_conversion_mapping_composes_nested_rules():
+    """The NeMo-named API on a config whose text model converts: transformers' own renamer, fed our rules,
+    merges the nested mixtral's experts under model.language_model (it used to leave them per-expert)."""
+    from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+
+    from converter.conversion_mapping import get_model_conversion_mapping
+
+    cfg = {
+        "model_type": "llava",
+        "text_config": {"model_type": "mixtral"},
+        "vision_config": {"model_type": "clip_vision_model"},
+    }
+    rules = get_model_conversion_mapping(cfg)
+    renamings = [r for r in rules if isinstance(r, WeightRenaming)]
+    converters = [r for r in rules if isinstance(r, WeightConverter)]
+    name, _ = rename_source_key(
+        "language_model.model.layers.1.block_sparse_moe.experts.3.w1.weight", renamings, converters
+    )
+    assert name == "model.language_model.layers.1.mlp.experts.gate_up_proj"
