@@ -17,10 +17,10 @@ from .conversion_mapping import (  # noqa: E402
     requires_tensor_merging,
 )
 from .errors import ConversionError  # noqa: E402
-from .execute import ConversionResult, Progress, convert, execute  # noqa: E402
-from .plan import Plan, PlannedTensor, plan  # noqa: E402
+from .executor import ConversionResult, Progress, convert, execute  # noqa: E402
+from .planner import Plan, PlannedTensor, plan  # noqa: E402
 from .rules import RuleSet, model_types, rules_for  # noqa: E402
-from .verify import verify  # noqa: E402
+from .verifier import verify  # noqa: E402
 
 __all__ = [
     "MODELS_REQUIRING_TENSOR_MERGING",

@@ -28,7 +28,7 @@ from rich.table import Table
 
 from . import __version__
 from .errors import ConversionError
-from .plan import DEFAULT_MAX_SHARD_SIZE, Plan, plan, resolve_model_type
+from .planner import DEFAULT_MAX_SHARD_SIZE, Plan, plan, resolve_model_type
 from .rules import get_entry, model_types, rules_for
 from .rules.core import Convert
 
@@ -92,7 +92,7 @@ DEQUANTIZE_HELP = (
 
 
 def cmd_convert(a: argparse.Namespace) -> int:
-    from .execute import card_info, execute
+    from .executor import card_info, execute
     from .storage import open_sink, open_source
 
     direction = "reverse" if a.reverse else "forward"
@@ -123,7 +123,7 @@ def cmd_convert(a: argparse.Namespace) -> int:
 
         result = execute(p, src, sink, progress=on_progress)
     if a.verify:
-        from .verify import verify
+        from .verifier import verify
 
         rep = verify(p, src, result.output)
         verified = f"verified {rep.tensors} tensors, {human_bytes(rep.bytes_compared)} compared byte for byte"
@@ -319,9 +319,9 @@ def _read_config_arg(path: str) -> dict[str, Any]:
 
 def cmd_demo(a: argparse.Namespace) -> int:
     from .demo import MixtralShape, write_mixtral_checkpoint
-    from .execute import convert
+    from .executor import convert
     from .storage import LocalSource
-    from .verify import verify
+    from .verifier import verify
 
     work = Path(a.workdir or tempfile.mkdtemp(prefix="ckpt-convert-demo-"))
     shape = MixtralShape(layers=4, experts=8, hidden=256, intermediate=512, vocab=1024)

@@ -11,7 +11,7 @@ import hashlib
 import json
 from typing import Any
 
-from converter.plan import resolve_model_type
+from converter.planner import resolve_model_type
 from converter.safetensors_io import parse_size
 
 from .errors import ConflictError, InvalidRequestError, JobNotFoundError, ServiceUnavailableError

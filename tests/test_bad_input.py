@@ -285,7 +285,7 @@ def test_output_overlapping_source_is_refused(tmp_path, where):
 def test_failure_midway_publishes_nothing(tmp_path):
     """A shard truncated after planning: the executor fails and removes its temporary folder."""
     src = _mixtral(tmp_path)
-    from converter.execute import execute
+    from converter.executor import execute
     from converter.storage import LocalSink, LocalSource
 
     p = plan(src)

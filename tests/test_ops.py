@@ -6,7 +6,7 @@ import pytest
 import torch
 from helpers import write_checkpoint
 
-from converter.execute import _Streamer
+from converter.executor import _Streamer
 from converter.layout import VirtualTensor, from_file
 from converter.rules import (
     Cast,

@@ -195,7 +195,7 @@ def test_dtype_is_written_into_config(mixtral, tmp_path):
 
 
 def test_dtype_of_nested_sub_configs(tmp_path):
-    from converter.plan import config_with_dtype
+    from converter.planner import config_with_dtype
 
     cfg = {"model_type": "llava", "torch_dtype": "bfloat16", "text_config": {"model_type": "mixtral",
            "dtype": "bfloat16"}, "vision_config": {"model_type": "clip_vision_model"}}  # fmt: skip
@@ -320,7 +320,7 @@ def test_bin_source_and_noop_on_the_hub(mixtral, tmp_path, monkeypatch):
             tm.load_state_dict(copy, "llama"), tm.load_state_dict(tmp_path / "llama", "llama")
         )
         before = hub.api.list_repo_commits("org/llama")
-        from converter.execute import execute
+        from converter.executor import execute
         from converter.hub import HubSink, HubSource
 
         s = HubSource("org/llama", endpoint=hub.endpoint)

@@ -18,7 +18,7 @@ from servers import Service, start_api, wait_until
 from converter import plan
 from converter.demo import MixtralShape, write_mixtral_checkpoint
 from converter.storage import LocalSource
-from converter.verify import verify
+from converter.verifier import verify
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
 RATE = 10_000_000

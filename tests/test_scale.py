@@ -15,7 +15,7 @@ from servers import Service, wait_until
 from converter import plan
 from converter.demo import MixtralShape, write_mixtral_checkpoint
 from converter.storage import LocalSource
-from converter.verify import verify
+from converter.verifier import verify
 
 
 @pytest.fixture(scope="module")

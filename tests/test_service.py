@@ -92,7 +92,7 @@ def test_job_succeeds_with_growing_progress_and_oracle_output(svc, big):
     # every byte as planned (the oracle comparison with transformers is the next test)
     from converter import plan
     from converter.storage import LocalSource
-    from converter.verify import verify
+    from converter.verifier import verify
 
     assert verify(plan(big), LocalSource(big), out).tensors == 39
 

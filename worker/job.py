@@ -23,8 +23,8 @@ import redis
 
 from converter import plan
 from converter.errors import CancelledError, ConversionError
-from converter.execute import Meter, Progress, ShardWritten, card_info, execute, publish, write_shards
-from converter.plan import Plan
+from converter.executor import Meter, Progress, ShardWritten, card_info, execute, publish, write_shards
+from converter.planner import Plan
 from converter.safetensors_io import CheckpointIndex, read_local_checkpoint
 from converter.storage import CachedSource, LocalSink, LocalSource
 from service.settings import Settings

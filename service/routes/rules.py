@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi import APIRouter, Query, Response
 
-from converter.plan import resolve_model_type
+from converter.planner import resolve_model_type
 from converter.preview import preview
 from converter.rules import get_entry, model_types, rules_for
 from converter.rules.describe import described

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import VerificationError
-from .execute import _Streamer
-from .plan import Plan
+from .executor import _Streamer
+from .planner import Plan
 from .safetensors_io import read_local_checkpoint
 from .storage import LocalReader, Source
 

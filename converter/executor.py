@@ -1,4 +1,4 @@
-"""The executor: runs a :class:`~converter.plan.Plan`, streaming bytes from a Source into a Sink.
+"""The executor: runs a :class:`~converter.planner.Plan`, streaming bytes from a Source into a Sink.
 
 Output shards are written in order, each header first (it is known from the plan), then each tensor's pieces:
 file ranges are copied with ``copy_file_range`` (no bytes through Python, no torch import), computed pieces
@@ -23,7 +23,7 @@ from typing import Any, BinaryIO
 from . import __version__
 from .errors import CancelledError
 from .layout import Computed, Piece, VirtualTensor
-from .plan import DEFAULT_MAX_SHARD_SIZE, Plan, plan
+from .planner import DEFAULT_MAX_SHARD_SIZE, Plan, plan
 from .rules import RULES_VERSION
 from .safetensors_io import INDEX_NAME, encode_header
 from .storage import Reader, Sink, Source, open_sink, open_source
