@@ -14,6 +14,7 @@ RUN pip install --index-url "${TORCH_INDEX}" "torch==2.13.0"
 COPY pyproject.toml README.md ./
 COPY converter ./converter
 COPY service ./service
+COPY jobs ./jobs
 COPY worker ./worker
 RUN pip install . \
     && useradd --create-home --uid 1000 app \

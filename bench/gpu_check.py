@@ -24,10 +24,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
+from converter.checkpoint import read_local_checkpoint  # noqa: E402
 from converter.executor import _Streamer  # noqa: E402
 from converter.layout import VirtualTensor, from_file  # noqa: E402
 from converter.rules import ops  # noqa: E402
-from converter.safetensors_io import read_local_checkpoint  # noqa: E402
 from converter.storage import LocalReader  # noqa: E402
 
 

@@ -6,8 +6,7 @@
 >>> convert("Mixtral-8x7B-grouped/", "back/", direction="reverse")         # doctest: +SKIP
 """
 
-__version__ = "0.1.0"
-
+from ._version import __version__  # noqa: E402
 from .conversion_mapping import (  # noqa: E402
     MODELS_REQUIRING_TENSOR_MERGING,
     get_checkpoint_conversion_mapping,
@@ -17,14 +16,18 @@ from .conversion_mapping import (  # noqa: E402
     requires_tensor_merging,
 )
 from .errors import ConversionError  # noqa: E402
-from .executor import ConversionResult, Progress, convert, execute  # noqa: E402
+from .executor import ConversionResult, Progress, execute  # noqa: E402
+from .job import ConversionJob, convert  # noqa: E402
 from .planner import Plan, PlannedTensor, plan  # noqa: E402
 from .rules import RuleSet, model_types, rules_for  # noqa: E402
+from .spec import JobSpec  # noqa: E402
 from .verifier import verify  # noqa: E402
 
 __all__ = [
     "MODELS_REQUIRING_TENSOR_MERGING",
     "ConversionError",
+    "ConversionJob",
+    "JobSpec",
     "ConversionResult",
     "Plan",
     "PlannedTensor",

@@ -26,7 +26,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from . import __version__
+from ._version import __version__
 from .errors import ConversionError
 from .planner import DEFAULT_MAX_SHARD_SIZE, Plan, plan, resolve_model_type
 from .rules import get_entry, model_types, rules_for
@@ -92,40 +92,42 @@ DEQUANTIZE_HELP = (
 
 
 def cmd_convert(a: argparse.Namespace) -> int:
-    from .executor import card_info, execute
-    from .storage import open_sink, open_source
+    from .job import ConversionJob
+    from .spec import JobSpec
 
     direction = "reverse" if a.reverse else "forward"
-    src = open_source(a.source)
-    p = plan(
-        src,
+    spec = JobSpec.from_cli(
+        a.source,
+        a.output,
         model_type=a.model_type,
         direction=direction,
         dtype=a.dtype,
         max_shard_size=a.max_shard_size,
         dequantize=a.dequantize,
         check_layout=not a.no_layout_check,
+        overwrite=a.overwrite,
+        create_pr=a.pr,
+        private=a.private,
     )
+    job = ConversionJob(spec)
+    p = job.plan()
     if a.dry_run:
         if a.json:
             out.print_json(json.dumps(p.to_dict(pieces=False)))
         else:
             _print_plan_summary(p, "dry run: nothing written")
         return 0
-    sink = open_sink(
-        a.output, source=src, overwrite=a.overwrite, create_pr=a.pr, private=a.private, card=card_info(p)
-    )
     with _progress_bar(a.quiet or a.json) as bar:
         task = bar.add_task("converting", total=p.total_bytes)
 
         def on_progress(ev: Any) -> None:
             bar.update(task, completed=ev.bytes_done, description=ev.phase)
 
-        result = execute(p, src, sink, progress=on_progress)
+        result = job.run(progress=on_progress)
     if a.verify:
         from .verifier import verify
 
-        rep = verify(p, src, result.output)
+        rep = verify(p, job.source, result.output)
         verified = f"verified {rep.tensors} tensors, {human_bytes(rep.bytes_compared)} compared byte for byte"
     else:
         verified = ""
@@ -319,7 +321,7 @@ def _read_config_arg(path: str) -> dict[str, Any]:
 
 def cmd_demo(a: argparse.Namespace) -> int:
     from .demo import MixtralShape, write_mixtral_checkpoint
-    from .executor import convert
+    from .job import convert
     from .storage import LocalSource
     from .verifier import verify
 
@@ -353,7 +355,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
 
 
 def _same_tensors(a: Path, b: Path) -> bool:
-    from .safetensors_io import read_local_checkpoint
+    from .checkpoint import read_local_checkpoint
     from .storage import LocalReader
 
     ia, ib = read_local_checkpoint(a), read_local_checkpoint(b)

@@ -1,7 +1,7 @@
 """Typed errors. Every error names the file and/or tensor it is about, and is raised before any byte is written.
 
-Callers catch precisely (``except MissingExpertError``) or broadly (``except ConversionError``). The service maps
-each class to one HTTP status via ``ConversionError.http_status``.
+Callers catch precisely (``except MissingExpertError``) or broadly (``except ConversionError``). The library knows
+nothing of HTTP: the service maps each class to one status (``service/errors.py``).
 """
 
 from __future__ import annotations
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 class ConversionError(Exception):
     """Base class of every error this library raises on purpose."""
-
-    http_status = 422
 
     def __init__(self, message: str, *, key: str | None = None, file: str | None = None) -> None:
         super().__init__(message)
@@ -40,8 +38,6 @@ class CheckpointIndexError(CheckpointError):
 class UnsafePathError(CheckpointError):
     """A file name would read or write outside the checkpoint / output folder."""
 
-    http_status = 403
-
 
 class UnsafeCheckpointError(CheckpointError):
     """A pickled (``.bin``) checkpoint names something other than plain tensors: refused without running it."""
@@ -56,8 +52,6 @@ class DuplicateTensorError(CheckpointError):
 
 class UnknownModelTypeError(ConversionError):
     """No rules are registered for this model_type."""
-
-    http_status = 404
 
     def __init__(self, model_type: str, suggestions: list[str] | None = None) -> None:
         self.model_type = model_type
@@ -115,14 +109,37 @@ class ShapeError(PlanError):
 class OutputExistsError(ConversionError):
     """The output folder exists and is not empty; pass ``overwrite=True`` to replace it atomically."""
 
-    http_status = 409
-
 
 class CancelledError(ConversionError):
     """The conversion was cancelled by its caller; nothing was published."""
 
-    http_status = 409
+
+class OverlappingPathsError(ConversionError):
+    """The output folder is, contains or is inside the source folder."""
+
+
+class DestinationBusyError(ConversionError):
+    """Another job is writing the same destination right now."""
 
 
 class VerificationError(ConversionError):
     """A written checkpoint does not match its plan (a tensor missing, or different bytes)."""
+
+
+# --- the Hub ----------------------------------------------------------------------------------------------------
+
+
+class HubError(ConversionError):
+    """The Hub refused or failed a request (after retries), or answered something we cannot trust."""
+
+
+class RepoNotFoundError(HubError):
+    """The repository does not exist, or is not visible with this token."""
+
+
+class RevisionNotFoundError(HubError):
+    """The repository has no such branch, tag or commit."""
+
+
+class GatedRepoError(HubError):
+    """The repository is gated and this token has not been granted access."""

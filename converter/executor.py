@@ -5,7 +5,7 @@ file ranges are copied with ``copy_file_range`` (no bytes through Python, no tor
 (cast, transpose) are evaluated one slice at a time. Memory stays near one copy buffer / one expert.
 Nothing is published unless every shard, the index and the copied files are complete.
 
->>> result = convert("Mixtral-8x7B/", "Mixtral-8x7B-grouped/")         # doctest: +SKIP
+>>> result = execute(plan(src), src, open_sink("out/", source=src))     # doctest: +SKIP
 >>> result.shards[0]                                                   # doctest: +SKIP
 ('model-00001-of-00019.safetensors', 4998251264)
 """
@@ -14,19 +14,18 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
-from . import __version__
+from ._version import __version__
 from .errors import CancelledError
 from .layout import Computed, Piece, VirtualTensor
-from .planner import DEFAULT_MAX_SHARD_SIZE, Plan, plan
+from .planner import Plan
 from .rules import RULES_VERSION
 from .safetensors_io import INDEX_NAME, encode_header
-from .storage import Reader, Sink, Source, open_sink, open_source
+from .storage import Reader, RunReader, ShardWritten, Sink, Source
 
 #: computed pieces are produced in chunks of about this many bytes
 COMPUTE_CHUNK = 64 * 1024 * 1024
@@ -113,7 +112,7 @@ class _Streamer:
     def write_shard(self, out: BinaryIO, tensors: list[VirtualTensor]) -> None:
         """Write the tensors' bytes in order. Runs of file pieces, across tensors, go to the reader together when it
         can take them (``copy_run``: a Hub reader coalesces adjacent ranges and keeps several requests in flight)."""
-        copy_run = getattr(self.reader, "copy_run", None)
+        copy_run = self.reader.copy_run if isinstance(self.reader, RunReader) else None
         run: list[tuple[str, int, int]] = []
         for vt in tensors:
             for p in vt.pieces:
@@ -234,23 +233,6 @@ class Meter:
             if ahead > 0:
                 time.sleep(ahead)
         self.report()
-
-
-@dataclass
-class ShardWritten:
-    """One output shard, written (and for the Hub, pre-uploaded): what the final commit needs to know of it."""
-
-    file: str
-    size: int
-    upload: dict[str, Any] | None = None  # Hub: sha256, size, sample of the pre-uploaded blob
-    worker: str = ""
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "size": self.size, "upload": self.upload, "worker": self.worker}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> ShardWritten:
-        return cls(d["file"], d["size"], d.get("upload"), d.get("worker", ""))
 
 
 def write_shards(
@@ -382,42 +364,3 @@ def index_json(p: Plan) -> bytes:
         "weight_map": {t.name: s.file for s in p.shards for t in s.tensors},
     }
     return (json.dumps(doc, indent=2) + "\n").encode()
-
-
-def convert(
-    source: str | os.PathLike[str] | Source,
-    output: str | os.PathLike[str] | Sink,
-    *,
-    model_type: str | None = None,
-    direction: str = "forward",
-    dtype: str | None = None,
-    max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
-    overwrite: bool = False,
-    config: Mapping[str, Any] | None = None,
-    progress: ProgressCallback | None = None,
-    should_cancel: Callable[[], bool] | None = None,
-    allow_noop: bool = False,
-    dequantize: bool = False,
-) -> ConversionResult:
-    """Plan and run a conversion of ``source`` into ``output`` (a folder, created atomically).
-
-    A checkpoint already in the target layout is a no-op (``result.noop``): ``output`` gets the source's files
-    unchanged (hard links where possible). ``dequantize`` dequantizes a pre-quantized (FP8, MXFP4) checkpoint; by
-    default it stays quantized. ``allow_noop`` is accepted for compatibility and has no effect.
-    """
-    src = open_source(source)
-    p = plan(
-        src,
-        model_type=model_type,
-        direction=direction,
-        dtype=dtype,
-        max_shard_size=max_shard_size,
-        config=config,
-        dequantize=dequantize,
-    )
-    sink: Sink = (
-        open_sink(output, source=src, overwrite=overwrite, card=card_info(p))
-        if isinstance(output, (str, os.PathLike))
-        else output
-    )
-    return execute(p, src, sink, progress=progress, should_cancel=should_cancel)

@@ -7,10 +7,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .checkpoint import read_local_checkpoint
 from .errors import VerificationError
 from .executor import _Streamer
 from .planner import Plan
-from .safetensors_io import read_local_checkpoint
 from .storage import LocalReader, Source
 
 CHUNK = 64 * 1024 * 1024

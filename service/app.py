@@ -16,12 +16,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from converter import __version__
 from converter.errors import ConversionError
+from jobs.settings import get_settings
+from jobs.store import AsyncJobReader
 
 from .errors import ApiError, error_body
 from .routes import health, jobs, pages, rules
 from .routes.jobs import FinishedJobs
-from .settings import get_settings
-from .store import AsyncJobReader
 
 DESCRIPTION = """
 Converts model checkpoints between the layout they are published in on the Hugging Face Hub and the layout

@@ -8,8 +8,9 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Header, HTTPException
 
-from .settings import Settings, get_settings
-from .store import JobStore
+from jobs.queue import TASK_CONVERT, make_celery
+from jobs.settings import Settings, get_settings
+from jobs.store import JobStore
 
 
 @lru_cache
@@ -36,15 +37,11 @@ class Queue:
 
     @property
     def app(self) -> Any:
-        if self._app is None:
-            from worker.app import app
-
-            self._app = app
+        if self._app is None:  # a producer: it sends tasks by name, the workers define them
+            self._app = make_celery(get_settings())
         return self._app
 
     def enqueue(self, job_id: str, hf_token: str | None) -> None:
-        from worker.app import TASK_CONVERT
-
         headers = {"hf_token": hf_token} if hf_token else None
         self.app.send_task(TASK_CONVERT, args=[job_id], task_id=job_id, headers=headers)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from converter import errors
 from converter.errors import ConversionError
 
 
@@ -51,6 +52,26 @@ class ServiceUnavailableError(ApiError):
     status = 503
 
 
+#: the one table from the library's typed errors to HTTP statuses (the most specific class listed wins; any other
+#: ConversionError is a request we refuse: 422)
+STATUS: dict[type[ConversionError], int] = {
+    errors.UnknownModelTypeError: 404,
+    errors.RepoNotFoundError: 404,
+    errors.RevisionNotFoundError: 404,
+    errors.UnsafePathError: 403,
+    errors.GatedRepoError: 403,
+    errors.OutputExistsError: 409,
+    errors.DestinationBusyError: 409,
+    errors.CancelledError: 409,
+    errors.HubError: 502,
+}
+
+
+def status_of(e: ConversionError) -> int:
+    """``status_of(UnknownModelTypeError("x"))`` -> 404: the first class of ``type(e).__mro__`` in :data:`STATUS`."""
+    return next((STATUS[c] for c in type(e).__mro__ if c in STATUS), 422)
+
+
 def error_body(e: Exception) -> tuple[int, dict[str, Any]]:
     if isinstance(e, ApiError):
         return e.status, {"detail": e.to_dict()}
@@ -58,5 +79,5 @@ def error_body(e: Exception) -> tuple[int, dict[str, Any]]:
         d = {k: v for k, v in e.to_dict().items() if v is not None}
         if hasattr(e, "suggestions"):
             d["suggestions"] = e.suggestions
-        return e.http_status, {"detail": d}
+        return status_of(e), {"detail": d}
     raise e

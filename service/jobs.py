@@ -13,12 +13,14 @@ from typing import Any
 
 from converter.planner import resolve_model_type
 from converter.safetensors_io import parse_size
+from converter.spec import LOCAL, JobSpec
+from converter.storage.local import check_apart
+from jobs.settings import Settings
+from jobs.store import TERMINAL, JobStore, now
 
 from .errors import ConflictError, InvalidRequestError, JobNotFoundError, ServiceUnavailableError
 from .models import ConvertRequest
-from .settings import Settings
-from .sources import normalise_destination, read_source_config, resolve_source
-from .store import TERMINAL, JobStore, now
+from .sources import resolve_destination, resolve_source
 
 
 def request_hash(body: dict[str, Any]) -> str:
@@ -34,44 +36,26 @@ def submit(
     idempotency_key: str | None = None,
     hf_token: str | None = None,
 ) -> tuple[dict[str, Any], bool]:
-    """Returns ``(job record, created)``."""
+    """Build the job's spec once (source resolved, model_type checked), then return the live job of the same spec
+    or create and queue one. Returns ``(job record, created)``."""
     raw_hash = request_hash(req.model_dump())
     if idempotency_key:
         hit = store.idempotency_key(idempotency_key, raw_hash)
         if hit is not None:
             return _same_request(store, hit, raw_hash)
-    try:
-        max_shard = parse_size(req.max_shard_size)
-    except ValueError as e:
-        raise InvalidRequestError(str(e)) from None
-    src = resolve_source(req.source, req.revision, settings, hf_token)
-    config = read_source_config(src, settings, hf_token)
-    model_type = resolve_model_type(
-        req.model_type, config, req.source
-    )  # 404 with close names, 422 if unsupported
-    dest = normalise_destination(req.destination.model_dump(), src, settings)
-    normalised = {
-        "source": src.id,
-        "source_sha": src.sha,
-        "model_type": model_type,
-        "direction": req.direction,
-        "dtype": req.dtype,
-        "dequantize": req.dequantize,
-        "max_shard_size": max_shard,
-        "destination": dest,
-    }
+    spec = build_spec(req, settings, hf_token)
     fields = {
         "request": req.model_dump(),
-        "source": src.id,
-        "source_kind": src.kind,
-        "revision": src.revision,
-        "source_sha": src.sha or "",
-        "model_type": model_type,
-        "destination": dest,
+        "spec": spec.to_dict(),
+        "source": spec.source.location,
+        "source_kind": spec.source.kind,
+        "revision": spec.source.revision or "local",
+        "source_sha": spec.source.sha or "",
+        "model_type": spec.model_type,
+        "destination": destination_view(spec),
+        "idem_hash": spec.key(),
     }
-    idem = request_hash(normalised)
-    fields["idem_hash"] = idem
-    job_id, created = store.create(fields, idem_hash=idem)
+    job_id, created = store.create(fields, idem_hash=spec.key())
     if idempotency_key:
         hit = store.idempotency_key(idempotency_key, raw_hash, job_id)
         if hit is not None and hit[0] != job_id:  # a concurrent request with the same key won
@@ -86,6 +70,30 @@ def submit(
     rec = store.get(job_id)
     assert rec is not None
     return rec, created
+
+
+def build_spec(req: ConvertRequest, settings: Settings, hf_token: str | None) -> JobSpec:
+    """The request as a :class:`JobSpec`: sizes parsed, the source resolved (a Hub revision to its commit, a folder
+    fingerprinted), model_type taken from config.json when not given (404 with close names if unknown, 422 if
+    refused), the destination checked against the allowed roots and kept apart from the source."""
+    try:
+        max_shard = parse_size(req.max_shard_size)
+    except ValueError as e:
+        raise InvalidRequestError(str(e)) from None
+    source, opened = resolve_source(req.source, req.revision, settings, hf_token)
+    model_type = resolve_model_type(req.model_type, opened.read_config(), req.source)
+    dest = resolve_destination(req.destination.model_dump(), settings)
+    if source.kind == LOCAL and dest.kind == LOCAL:
+        check_apart(dest.location, source.location)
+    return JobSpec(source, dest, model_type, req.direction, req.dtype, max_shard, req.dequantize)
+
+
+def destination_view(spec: JobSpec) -> dict[str, Any]:
+    """The destination as the API shows it (``{"local_path"}`` or ``{"repo_id", "create_pr", "private"}``)."""
+    d = spec.destination
+    if d.kind == LOCAL:
+        return {"local_path": d.location}
+    return {"repo_id": d.location, "create_pr": d.create_pr, "private": d.private}
 
 
 def _same_request(store: JobStore, hit: tuple[str, str], raw_hash: str) -> tuple[dict[str, Any], bool]:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from .settings import Settings, get_settings
+from jobs.settings import Settings, get_settings
 
 
 def api_command(host: str, port: int, workers: int = 1) -> list[str]:
@@ -35,7 +35,7 @@ def api_command(host: str, port: int, workers: int = 1) -> list[str]:
 
 
 def worker_command(concurrency: int = 1, name: str = "ckpt-worker@%h", loglevel: str = "INFO") -> list[str]:
-    from worker.app import QUEUE
+    from jobs.queue import QUEUE
 
     return [
         sys.executable, "-m", "celery", "-A", "worker.app", "worker",

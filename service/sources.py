@@ -1,35 +1,26 @@
-"""Where a job reads and writes: parse, check and normalise sources and destinations at submit time."""
+"""Where a job reads and writes: the request's source and destination checked (allowed roots, repo ids) and
+resolved into the job's spec at submit time."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from converter.spec import HUB, LOCAL, DestinationSpec, SourceSpec, parse_hub_url
+from converter.storage import LocalSource, Source, open_source
+from converter.storage.local import fingerprint
+from jobs.settings import Settings
+
 from .errors import ForbiddenPathError, InvalidRequestError, SourceNotFoundError
-from .settings import Settings
 
 #: Hub repo ids: `org/name`, letters, digits, `-_.`, no `--` or `..`, not starting/ending with `-`/`.` (Hub rules)
 REPO_ID = re.compile(
     r"^(?!.*(--|\.\.))[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?/[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9])?$"
 )
 REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,254}$")
-
-
-@dataclass(frozen=True)
-class SourceRef:
-    kind: str  # "local" | "hub"
-    id: str  # absolute resolved path, or repo id
-    revision: str  # "local", or the requested revision
-    sha: str | None = None  # commit sha (hub) or content fingerprint (local)
-    hub: Any = field(default=None, compare=False, repr=False)  # the resolved converter.hub.HubSource
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "id": self.id, "revision": self.revision, "sha": self.sha}
 
 
 def check_local_path(path: str, settings: Settings, *, what: str) -> Path:
@@ -50,8 +41,6 @@ def parse_repo_ref(value: str, settings: Settings, *, what: str = "source") -> t
     [``/tree/rev``]) -> (repo id, revision named in it or None)."""
     rev: str | None = None
     if value.startswith(("http://", "https://")):
-        from converter.hub import parse_hub_url
-
         ref = parse_hub_url(value, settings.hf_endpoint)
         if ref is None:
             raise InvalidRequestError(
@@ -76,22 +65,16 @@ def parse_repo_id(value: str, settings: Settings, *, what: str = "source") -> st
     return repo
 
 
-def local_fingerprint(folder: Path) -> str:
-    """Content fingerprint of a local checkpoint from its files' names, sizes and modification times."""
-    h = hashlib.sha256()
-    for p in sorted(folder.iterdir()):
-        if p.is_file():
-            st = p.stat()
-            h.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
-
-
-def resolve_source(source: str, revision: str, settings: Settings, token: str | None = None) -> SourceRef:
+def resolve_source(
+    source: str, revision: str, settings: Settings, token: str | None = None
+) -> tuple[SourceSpec, Source]:
+    """The request's source as a spec (a Hub revision resolved to its commit, a local folder fingerprinted) and
+    the opened source (to read its config.json and check the destination against it)."""
     if source.startswith("/"):
         folder = check_local_path(source, settings, what="source")
         if not folder.is_dir():
             raise SourceNotFoundError(f"source folder {source} does not exist")
-        return SourceRef("local", str(folder), "local", local_fingerprint(folder))
+        return SourceSpec(LOCAL, str(folder), sha=fingerprint(folder)), LocalSource(folder)
     repo, named = parse_repo_ref(source, settings)
     if named is not None:
         if revision not in ("main", named):
@@ -101,33 +84,17 @@ def resolve_source(source: str, revision: str, settings: Settings, token: str | 
         revision = named
     if not REVISION.match(revision or ""):
         raise InvalidRequestError(f"revision {revision!r} is not a valid branch, tag or commit")
-    from converter.hub import HubSource
-
     # one Hub call: the revision's commit and file list; Hub errors come typed (RepoNotFoundError -> 404, ...)
-    src = HubSource(repo, revision, token=token, endpoint=settings.hf_endpoint)
-    return SourceRef("hub", repo, revision, src.sha, src)
+    spec = SourceSpec(HUB, repo, revision)
+    src = open_source(spec, token=token, endpoint=settings.hf_endpoint)
+    return replace(spec, sha=src.sha), src  # type: ignore[attr-defined]
 
 
-def read_source_config(ref: SourceRef, settings: Settings, token: str | None = None) -> dict[str, Any] | None:
-    if ref.kind == "local":
-        p = Path(ref.id) / "config.json"
-        if not p.is_file():
-            return None
-        try:
-            doc = json.loads(p.read_bytes())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InvalidRequestError(f"config.json of {ref.id} is not valid JSON ({e})") from None
-        return doc if isinstance(doc, dict) else None
-    return ref.hub.read_config()
-
-
-def normalise_destination(dest: dict[str, Any], src: SourceRef, settings: Settings) -> dict[str, Any]:
+def resolve_destination(
+    dest: dict[str, Any], settings: Settings, *, overwrite: bool = False
+) -> DestinationSpec:
     if "local_path" in dest:
         out = check_local_path(dest["local_path"], settings, what="destination")
-        if src.kind == "local":
-            s = Path(src.id)
-            if out == s or s in out.parents or out in s.parents:
-                raise InvalidRequestError(f"destination {out} overlaps the source folder {s}")
-        return {"local_path": str(out)}
+        return DestinationSpec(LOCAL, str(out), overwrite=overwrite)
     repo = parse_repo_id(dest["repo_id"], settings, what="destination repo_id")
-    return {"repo_id": repo, "create_pr": bool(dest.get("create_pr")), "private": bool(dest.get("private"))}
+    return DestinationSpec(HUB, repo, bool(dest.get("create_pr")), bool(dest.get("private")), overwrite)

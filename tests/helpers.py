@@ -10,7 +10,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from converter.safetensors_io import INDEX_NAME, read_local_checkpoint
+from converter.checkpoint import read_local_checkpoint
+from converter.safetensors_io import INDEX_NAME
 from converter.storage import LocalReader
 
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import httpx
 
+from jobs.store import JobStore
 from service.launcher import api_command, start_valkey, worker_command
-from service.store import JobStore
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,6 +21,7 @@ from converter.errors import (
     MissingExpertError,
     MissingSourceError,
     OutputExistsError,
+    OverlappingPathsError,
     TargetCollisionError,
     UnknownModelTypeError,
     UnsafePathError,
@@ -277,7 +278,7 @@ def test_output_overlapping_source_is_refused(tmp_path, where):
     src = _mixtral(tmp_path)
     out = {"same": src, "inside": src / "converted", "parent": tmp_path}[where]
     before = sorted(os.listdir(src))
-    with pytest.raises(UnsafePathError):
+    with pytest.raises(OverlappingPathsError):
         convert(src, out, overwrite=True)
     assert sorted(os.listdir(src)) == before
 

@@ -10,7 +10,8 @@ import torch
 from helpers import MIXTRAL_CONFIG, assert_same_tensors, mixtral_tensors, read_tensors, write_checkpoint
 
 from converter import convert, plan
-from converter.safetensors_io import INDEX_NAME, read_local_checkpoint
+from converter.checkpoint import read_local_checkpoint
+from converter.safetensors_io import INDEX_NAME
 
 
 def expected_grouped(t: dict[str, torch.Tensor], layers: int, experts: int) -> dict[str, torch.Tensor]:

@@ -20,15 +20,16 @@ from hubenv import isolated_hub, upload_tiny_mixtral  # noqa: E402
 from huggingface_hub import snapshot_download  # noqa: E402
 
 from converter import convert, plan  # noqa: E402
-from converter.errors import CheckpointError, ConversionError  # noqa: E402
-from converter.hub import (  # noqa: E402
+from converter.errors import (  # noqa: E402
+    CheckpointError,
+    ConversionError,
     GatedRepoError,
     HubError,
-    HubSink,
-    HubSource,
     RepoNotFoundError,
     RevisionNotFoundError,
 )
+from converter.storage.hub_sink import HubSink  # noqa: E402
+from converter.storage.hub_source import HubSource  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
 SRC = "org/tiny-mixtral"

@@ -6,6 +6,7 @@ import pytest
 import torch
 from helpers import write_checkpoint
 
+from converter.checkpoint import read_local_checkpoint
 from converter.executor import _Streamer
 from converter.layout import VirtualTensor, from_file
 from converter.rules import (
@@ -26,7 +27,6 @@ from converter.rules import (
     op_from_dict,
 )
 from converter.rules.ops import OpContext, to_tensor
-from converter.safetensors_io import read_local_checkpoint
 from converter.storage import LocalReader
 
 DT = {torch.bfloat16: "BF16", torch.float32: "F32", torch.float16: "F16", torch.int32: "I32"}

@@ -23,8 +23,9 @@ tm = pytest.importorskip("tiny_models")
 from helpers import assert_same_tensors, read_tensors  # noqa: E402
 
 from converter import convert, plan  # noqa: E402
+from converter.checkpoint import BIN_INDEX_NAME, read_local_checkpoint  # noqa: E402
 from converter.errors import CheckpointError, HeaderError, UnsafeCheckpointError, UnsupportedError  # noqa: E402
-from converter.safetensors_io import BIN_INDEX_NAME, INDEX_NAME, read_local_checkpoint  # noqa: E402
+from converter.safetensors_io import INDEX_NAME  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -321,7 +322,8 @@ def test_bin_source_and_noop_on_the_hub(mixtral, tmp_path, monkeypatch):
         )
         before = hub.api.list_repo_commits("org/llama")
         from converter.executor import execute
-        from converter.hub import HubSink, HubSource
+        from converter.storage.hub_sink import HubSink
+        from converter.storage.hub_source import HubSource
 
         s = HubSource("org/llama", endpoint=hub.endpoint)
         r = execute(plan(s), s, HubSink("org/llama", create_pr=True, endpoint=hub.endpoint))

@@ -268,7 +268,7 @@ def test_health_ready_metrics(svc):
         (
             {"source": "{root}/idem", "destination": {"local_path": "{root}/idem/inside"}},
             422,
-            "InvalidRequestError",
+            "OverlappingPathsError",
         ),
         (
             {"source": "{root}/idem", "max_shard_size": "huge", "destination": {"local_path": "{root}/o"}},
@@ -331,8 +331,9 @@ def test_openapi_documents_every_route(svc):
 def test_attempts_are_capped_and_a_busy_job_is_not_run_twice(svc):
     from helpers import MIXTRAL_CONFIG, mixtral_tensors, write_checkpoint
 
-    from service.settings import Settings
-    from worker.job import JobBusy, run_job
+    from jobs.running import JobBusy
+    from jobs.settings import Settings
+    from worker.run import run_job
 
     src = write_checkpoint(svc.root / "guards", mixtral_tensors(), config=MIXTRAL_CONFIG)
     fields = {"request": {"source": str(src)}, "source": str(src), "source_kind": "local", "model_type": "mixtral",

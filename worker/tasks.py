@@ -1,4 +1,4 @@
-"""Celery tasks: thin and idempotent; the work is in ``worker.job`` and the converter library.
+"""Celery tasks: thin and idempotent; the work is in ``converter.job`` (run through ``worker.run``).
 
 A job is one ``convert`` task; a job with several output shards hands them to ``write_part`` subtasks (a chord),
 whose callback ``finish`` writes the index and makes the one commit.
@@ -6,7 +6,7 @@ whose callback ``finish`` writes the index and makes the one commit.
 
 from __future__ import annotations
 
-import logging
+import functools
 import os
 import socket
 import threading
@@ -14,23 +14,18 @@ from typing import Any
 
 from celery import chord, signals
 
-from service.settings import get_settings
-from service.store import JobStore
+from jobs.queue import TASK_CONVERT, TASK_FINISH, TASK_PART
+from jobs.running import JobBusy, start_heartbeat
+from jobs.settings import get_settings
+from jobs.store import JobStore
 
-from .app import TASK_CONVERT, app
-from .job import JobBusy, finish_parts, run_job, run_part
-
-log = logging.getLogger(__name__)
-TASK_PART = "ckpt_convert.write_part"
-TASK_FINISH = "ckpt_convert.finish"
-_store: JobStore | None = None
+from .app import app
+from .run import finish_parts, run_job, run_part
 
 
+@functools.cache
 def store() -> JobStore:
-    global _store
-    if _store is None:
-        _store = JobStore(get_settings().redis_url or "redis://127.0.0.1:6379/0")
-    return _store
+    return JobStore(get_settings().redis)
 
 
 def hostname() -> str:
@@ -89,17 +84,7 @@ _stop = threading.Event()
 
 @signals.worker_ready.connect
 def _start_heartbeat(sender=None, **_):  # type: ignore[no-untyped-def]
-    name = getattr(sender, "hostname", None) or hostname()
-
-    def beat() -> None:
-        while not _stop.is_set():
-            try:
-                store().heartbeat(name)
-            except Exception:  # noqa: BLE001 - Redis briefly away: try again next beat
-                log.warning("heartbeat failed", exc_info=True)
-            _stop.wait(5)
-
-    threading.Thread(target=beat, name="ckpt-heartbeat", daemon=True).start()
+    start_heartbeat(store, getattr(sender, "hostname", None) or hostname(), _stop)
 
 
 @signals.worker_shutdown.connect

@@ -9,8 +9,9 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from jobs.store import DURATION_BUCKETS, JobStore
+
 from ..deps import StoreDep, require_token
-from ..store import DURATION_BUCKETS, JobStore
 
 router = APIRouter(tags=["health"])
 

@@ -9,12 +9,13 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import StreamingResponse
 
+from jobs.store import TERMINAL, events_key
+
 from ..deps import QueueDep, SettingsDep, StoreDep, require_token
 from ..errors import JobNotFoundError
 from ..jobs import cancel as cancel_job
 from ..jobs import submit
 from ..models import ConvertRequest, Job, JobList, Status, job_from_record
-from ..store import TERMINAL, events_key
 from .errors import ERRORS
 
 router = APIRouter(tags=["jobs"], dependencies=[Depends(require_token)])

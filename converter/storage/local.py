@@ -1,69 +1,51 @@
-"""Where checkpoints are read from (Sources) and written to (Sinks).
-
-A Source gives the planner the shard headers and ``config.json`` and gives the executor byte ranges. A Sink
-receives output shards in order and publishes them all at once on :meth:`Sink.commit` (a folder rename for
-:class:`LocalSink`), or nothing at all on :meth:`Sink.abort`.
-"""
+"""Checkpoints on this machine: a folder read as byte ranges (:class:`LocalSource`), and an output folder written
+into a hidden sibling and renamed into place in one step (:class:`LocalSink`)."""
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
 import uuid
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO
 
-from .errors import CheckpointError, OutputExistsError, UnsafePathError
-from .safetensors_io import CheckpointIndex, check_member_name, read_local_checkpoint
+from ..checkpoint import read_local_checkpoint
+from ..errors import (
+    CheckpointError,
+    ConversionError,
+    OutputExistsError,
+    OverlappingPathsError,
+)
+from ..safetensors_io import CheckpointIndex, check_member_name
+from .base import ShardWritten, Source, file_size, split_other_files, unwrap
 
-#: files never copied to the output: weights in other formats or layouts (they would be stale)
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".npz", ".pkl")
 COPY_CHUNK = 64 * 1024 * 1024
 
 
-class Reader(Protocol):
-    def read(self, file: str, offset: int, length: int) -> bytes: ...
-
-    def copy_to(self, out: BinaryIO, file: str, offset: int, length: int) -> None: ...
-
-
-class Source(Protocol):
-    description: str
-
-    def read_index(self) -> CheckpointIndex: ...
-
-    def read_config(self) -> dict[str, Any] | None: ...
-
-    def other_files(self, weights: Collection[str] = ()) -> tuple[list[str], list[str]]: ...
-
-    def reader(self) -> Any: ...  # context manager yielding a Reader
-
-    def open_file(self, name: str) -> Any: ...  # context manager yielding a binary file
+def check_apart(output: str | os.PathLike[str], source: str | os.PathLike[str]) -> None:
+    """Refuse an output folder that is, contains or is inside the source folder (:class:`OverlappingPathsError`)."""
+    final, src = Path(output).resolve(), Path(source).resolve()
+    if final == src or src in final.parents or final in src.parents:
+        raise OverlappingPathsError(
+            f"output {output} overlaps the source checkpoint {source}; choose a separate folder",
+            file=str(output),
+        )
 
 
-def is_weight_file(name: str) -> bool:
-    """Weights (any format) or a weights index: never copied as an "other" file (it would be stale)."""
-    if name.endswith(WEIGHT_SUFFIXES):
-        return True
-    return name.endswith(".index.json") and any(s + "." in name for s in WEIGHT_SUFFIXES)
-
-
-def split_other_files(names: Iterable[str], weights: Collection[str]) -> tuple[list[str], list[str]]:
-    """``(copy, skipped)`` among a checkpoint folder's top-level ``names`` (folders end in ``/``): the checkpoint's
-    own ``weights`` are neither; other weight files and folders are skipped; hidden files are ignored."""
-    copy, skipped = [], []
-    for name in names:
-        if name in weights or name.startswith(".") and name != ".gitattributes":
-            continue
-        if name.endswith("/") or is_weight_file(name):
-            skipped.append(name)
-        else:
-            copy.append(name)
-    return copy, skipped
+def fingerprint(folder: Path) -> str:
+    """A local checkpoint's content fingerprint from its files' names, sizes and modification times (16 hex
+    digits): the same folder, unchanged, has the same fingerprint."""
+    h = hashlib.sha256()
+    for p in sorted(folder.iterdir()):
+        if p.is_file():
+            st = p.stat()
+            h.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
 
 
 class LocalReader:
@@ -168,38 +150,6 @@ class LocalSource:
             yield f
 
 
-class Sink(Protocol):
-    description: str
-
-    def begin(self) -> None: ...
-
-    def open_shard(self, name: str) -> Any: ...  # context manager yielding an unbuffered binary file
-
-    def finish_shard(
-        self, name: str
-    ) -> dict[str, Any] | None: ...  # a Hub sink returns the uploaded blob's info
-
-    def attach(self) -> None: ...  # join the staging another process began (a sharded job's subtasks)
-
-    def add_written(
-        self, file: str, size: int, upload: dict[str, Any] | None
-    ) -> None: ...  # written elsewhere
-
-    def write_bytes(self, name: str, data: bytes) -> None: ...
-
-    def copy_file(self, source: Source, name: str) -> None: ...
-
-    def link_file(
-        self, source: Source, name: str, size: int | None = None
-    ) -> None: ...  # a weight file as is
-
-    def holds(self, source: Source) -> bool: ...  # is the destination the source itself?
-
-    def commit(self, message: str) -> str: ...
-
-    def abort(self) -> None: ...
-
-
 class LocalSink:
     """Writes into a hidden sibling folder and renames it to ``folder`` only on :meth:`commit`."""
 
@@ -210,12 +160,15 @@ class LocalSink:
         overwrite: bool = False,
         source_root: Path | None = None,
         tag: str | None = None,
+        key: str | None = None,
     ):
         """``tag`` names the temporary folder (instead of a random name) so that a re-run of the same job, e.g.
-        after its worker was killed, removes what the lost run left behind."""
+        after its worker was killed, removes what the lost run left behind. ``key``: the conversion key recorded in
+        the shards' metadata, by which :meth:`already_published` recognises this conversion's output."""
         self.final = Path(folder).absolute()
         self.overwrite = overwrite
         self.tag = tag
+        self.key = key
         self._parts: dict[str, Path] = {}
         self.description = str(self.final)
         self.tmp: Path | None = None
@@ -224,12 +177,7 @@ class LocalSink:
     def _check(self, source_root: Path | None) -> None:
         final = self.final.resolve()
         if source_root is not None:
-            src = source_root.resolve()
-            if final == src or src in final.parents or final in src.parents:
-                raise UnsafePathError(
-                    f"output {final} overlaps the source checkpoint {src}; choose a separate folder",
-                    file=str(final),
-                )
+            check_apart(self.final, source_root)
         if final.exists() and not final.is_dir():
             raise OutputExistsError(f"output {final} exists and is not a folder", file=str(final))
         if final.is_dir() and any(final.iterdir()) and not self.overwrite:
@@ -254,11 +202,26 @@ class LocalSink:
         if not self.tmp.is_dir():
             raise CheckpointError(f"staging folder {self.tmp} is gone (cancelled, or not on a shared disk?)")
 
-    def add_written(self, file: str, size: int, upload: dict[str, Any] | None) -> None:
+    def add_written(self, shard: ShardWritten) -> None:
         """Check that a shard another process wrote is complete in the staging folder."""
-        p = self._path(file)
-        if not p.is_file() or p.stat().st_size != size:
-            raise CheckpointError(f"output shard {file} is missing or incomplete in {self.tmp}", file=file)
+        p = self._path(shard.file)
+        if not p.is_file() or p.stat().st_size != shard.size:
+            raise CheckpointError(
+                f"output shard {shard.file} is missing or incomplete in {self.tmp}", file=shard.file
+            )
+
+    def already_published(self) -> str | None:
+        """The output folder, if it holds this very conversion (``key`` in its shards' metadata): a run that died
+        right after publishing, before recording it."""
+        if self.key is None or not self.final.is_dir():
+            return None
+        try:
+            index = read_local_checkpoint(self.final)
+        except ConversionError:
+            return None
+        if any(h.metadata.get("conversion") == self.key for h in index.shards.values()):
+            return str(self.final)
+        return None
 
     def _path(self, name: str) -> Path:
         assert self.tmp is not None, "begin() first"
@@ -286,8 +249,7 @@ class LocalSink:
 
     def link_file(self, source: Source, name: str, size: int | None = None) -> None:
         """``name`` of ``source`` unchanged, as a hard link when both are on one local filesystem, else a copy."""
-        if isinstance(source, CachedSource):
-            source = source.inner
+        source = unwrap(source)
         if isinstance(source, LocalSource):
             src = check_member_name(source.root, name)
             try:
@@ -297,7 +259,7 @@ class LocalSink:
                 if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
                     raise
         with source.reader() as reader, open(self._path(name), "wb", buffering=0) as dst:
-            reader.copy_to(dst, name, 0, size if size is not None else _size_of(source, name))
+            reader.copy_to(dst, name, 0, size if size is not None else file_size(source, name))
 
     def holds(self, source: Source) -> bool:
         return False  # an output folder overlapping the source is refused when the sink is made
@@ -321,76 +283,3 @@ class LocalSink:
         if self.tmp is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = None
-
-
-def _size_of(source: Source, name: str) -> int:
-    with source.open_file(name) as f:
-        return f.seek(0, os.SEEK_END)
-
-
-class CachedSource:
-    """A Source whose headers and config were read before (by another process): planning it reads nothing;
-    bytes and other files still come from ``inner``."""
-
-    def __init__(self, inner: Source, index: CheckpointIndex, config: dict[str, Any] | None) -> None:
-        self.inner, self.index, self.config = inner, index, config
-        self.description = inner.description
-
-    def read_index(self) -> CheckpointIndex:
-        return self.index
-
-    def read_config(self) -> dict[str, Any] | None:
-        return self.config
-
-    def other_files(self, weights: Collection[str] = ()) -> tuple[list[str], list[str]]:
-        return self.inner.other_files(weights)
-
-    def reader(self) -> Any:
-        return self.inner.reader()
-
-    def open_file(self, name: str) -> Any:
-        return self.inner.open_file(name)
-
-
-def is_hub_ref(value: str) -> bool:
-    """``hf://...`` or an http(s) URL: always a Hub reference, never a local path."""
-    return value.startswith(("hf://", "http://", "https://"))
-
-
-def open_source(source: str | os.PathLike[str] | Source) -> Source:
-    """A Source for a Hub repo (``hf://org/name[@revision]``, a model URL ``https://huggingface.co/org/name``
-    [``/tree/rev``], or a bare ``org/name[@revision]`` as ``from_pretrained`` takes it when no such local path
-    exists) or a local folder path."""
-    if isinstance(source, str):
-        from .hub import looks_like_repo_id, open_hub_source
-
-        if is_hub_ref(source) or (not os.path.exists(source) and looks_like_repo_id(source)):
-            return open_hub_source(source)
-    if isinstance(source, (str, os.PathLike)):
-        p = Path(source)
-        if not p.exists():
-            raise CheckpointError(f"source {p} does not exist", file=str(p))
-        return LocalSource(p)
-    return source
-
-
-def open_sink(
-    output: str | os.PathLike[str],
-    *,
-    source: Source | None = None,
-    overwrite: bool = False,
-    create_pr: bool = False,
-    private: bool = False,
-    card: dict[str, str] | None = None,
-) -> Sink:
-    """A Sink for ``hf://org/name`` (one commit, or a pull request with ``create_pr``) or a local folder."""
-    if isinstance(output, str) and is_hub_ref(output):
-        from .hub import HubSink, parse_hub_path
-
-        repo, rev = parse_hub_path(output)
-        base = getattr(getattr(source, "inner", source), "repo_id", None)
-        return HubSink(
-            repo, revision=rev or "main", create_pr=create_pr, private=private, card=card, base_model=base
-        )
-    root = source.root if isinstance(source, LocalSource) else None
-    return LocalSink(output, overwrite=overwrite, source_root=root)

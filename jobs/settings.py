@@ -1,4 +1,4 @@
-"""All service settings in one place, from the environment (pydantic-settings).
+"""All settings of the API and the workers in one place, from the environment (pydantic-settings).
 
 | variable | meaning |
 |---|---|
@@ -9,6 +9,7 @@
 | ``CKPT_CONVERT_VISIBILITY_TIMEOUT`` | seconds before Redis redelivers an unacknowledged task; must exceed the longest task |
 | ``CKPT_CONVERT_MAX_BYTES_PER_SECOND`` | cap on each job's write rate (0 = none) |
 | ``CKPT_CONVERT_PROGRESS_INTERVAL`` | seconds between progress reports of a running job |
+| ``CKPT_CONVERT_DEVICE`` | where workers run arithmetic ops: ``auto`` (a GPU when torch sees one), ``cpu``, ``cuda`` |
 | ``HF_TOKEN`` / ``HF_ENDPOINT`` | the workers' Hub token and endpoint |
 """
 
@@ -57,6 +58,8 @@ class Settings(BaseSettings):
     max_bytes_per_second: float = 0
     #: largest accepted request body (bytes)
     max_body_bytes: int = 1_000_000
+    #: where arithmetic ops (cast, transpose, dequantize) run: auto = a GPU when torch sees one
+    device: str = "auto"
 
     @field_validator("allowed_local_roots")
     @classmethod
@@ -73,6 +76,8 @@ class Settings(BaseSettings):
 
     @property
     def redis(self) -> str:
+        """The one policy for a missing ``REDIS_URL``: only ``ckpt-convert serve`` starts without it (it starts an
+        embedded server and sets it for the processes it runs); everything else refuses to guess."""
         if not self.redis_url:
             raise RuntimeError("REDIS_URL is not set; start the service with `ckpt-convert serve`")
         return self.redis_url

@@ -6,7 +6,7 @@ the record. Keys (prefix ``ckc:``):
 
 | key | type | what |
 |---|---|---|
-| ``job:{id}`` | hash | the record: status, request, progress, phases, plan, result, error, timings |
+| ``job:{id}`` | hash | the record: status, request, spec, progress, phases, plan, result, error, timings |
 | ``jobs`` / ``jobs:status:{s}`` / ``jobs:model_type:{t}`` | zset | ids by creation time |
 | ``job:{id}:events`` | stream | status and progress events (SSE replays them) |
 | ``job:{id}:cancel`` | string | cancel flag, polled by the running task |
@@ -34,7 +34,7 @@ STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 EVENTS_MAXLEN = 2000
 DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
-JSON_FIELDS = ("request", "destination", "progress", "phases", "plan", "result", "error")
+JSON_FIELDS = ("request", "spec", "destination", "progress", "phases", "plan", "result", "error")
 
 # KEYS: job hash, status zset prefix. ARGV: allowed statuses (comma-separated, "*" = any non-terminal),
 # new status, id, then field/value pairs to set with the change. Returns {status before, 1 if changed else 0}.
