@@ -19,6 +19,7 @@ import httpx
 import pytest
 from servers import ROOT, Service, start_api, wait_until
 
+from converter import __version__
 from converter.demo import MixtralShape, write_mixtral_checkpoint
 
 try:
@@ -254,6 +255,34 @@ def test_rules_json_describes_ops_in_words(svc):
         rev[0]["describe"]
         == "split dim 1 into gate_proj and up_proj, then split dim 0 into one tensor per expert"
     )
+
+
+def test_script_modules_are_served(svc):
+    """The pages load one module script, js/main.js; it and every module it imports (statically or on demand) come
+    from this server with status 200 as JavaScript, and they are all the modules there are. No inline script or
+    eval (the CSP allows neither); the old single app.js is gone."""
+    page = svc.http.get("/ui/new").text
+    assert re.findall(r"<script[^>]*>", page) == [
+        f'<script type="module" src="/ui/static/js/main.js?v={__version__}">'
+    ]
+    seen: set[str] = set()
+    todo = ["main.js"]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        r = svc.http.get(f"/ui/static/js/{name}")
+        assert r.status_code == 200, name
+        assert r.headers["content-type"].split(";")[0] == "text/javascript", (name, r.headers["content-type"])
+        assert r.headers["cache-control"] == "no-cache", name  # revalidated: never a mix of two versions
+        assert not re.search(r"\beval\(|new Function\(", r.text), name
+        seen.add(name)
+        todo += re.findall(r'(?:\bfrom|\bimport\()\s*"\./([\w-]+\.js)"', r.text)
+    pages = {f"page-{p}.js" for p in ("jobs", "job", "rules", "rule", "new")}
+    assert {"main.js", "api.js", "dom.js", "rules-table.js"} | pages <= seen
+    assert seen == {f.name for f in (ROOT / "service" / "web" / "static" / "js").glob("*.js")}
+    assert svc.http.get("/ui/static/app.js").status_code == 404
+    assert not (ROOT / "service" / "web" / "static" / "app.js").exists()
 
 
 def test_keyboard_order_and_labels(svc, browser):

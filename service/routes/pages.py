@@ -1,12 +1,15 @@
 """The web dashboard: HTML page shells under ``/`` and ``/ui/`` that render the JSON API in the browser.
 
-The pages carry no data: ``service/web/static/app.js`` fetches it from the same endpoints CI uses (``GET /jobs``,
-``GET /jobs/{id}/events``, ``GET /rules``...), sending the API token the user typed (kept in sessionStorage) when
-the API asks for one. Every asset is served from the package; the Content-Security-Policy allows nothing else.
+The pages carry no data: the script (native ES modules under ``service/web/static/js/``, entry ``main.js``, no
+build step) fetches it from the same endpoints CI uses (``GET /jobs``, ``GET /jobs/{id}/events``, ``GET /rules``...),
+sending the API token the user typed (kept in sessionStorage) when the API asks for one. Every asset is served from
+the package; the Content-Security-Policy allows nothing else.
 """
 
 from __future__ import annotations
 
+import mimetypes
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,8 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.responses import Response
+from starlette.types import Scope
 
 from converter import __version__
 
@@ -25,6 +30,27 @@ CSP = (
     "default-src 'self'; img-src 'self' data:; object-src 'none'; base-uri 'none'; "
     "form-action 'self'; frame-ancestors 'none'"
 )
+
+
+# browsers run a module script only when it is served as JavaScript; the system's table may say otherwise
+mimetypes.add_type("text/javascript", ".js")
+
+
+class _Assets(StaticFiles):
+    """The dashboard's static files. Scripts are revalidated on every load (a 304 while unchanged): the ``?v=``
+    on ``main.js`` does not reach the modules it imports, and a page must never run modules of two versions."""
+
+    def file_response(
+        self,
+        full_path: str | os.PathLike[str],
+        stat_result: os.stat_result,
+        scope: Scope,
+        status_code: int = 200,
+    ) -> Response:
+        response = super().file_response(full_path, stat_result, scope, status_code)
+        if str(full_path).endswith(".js"):
+            response.headers["Cache-Control"] = "no-cache"
+        return response
 
 
 def _page(request: Request, template: str, title: str, **context: Any) -> HTMLResponse:
@@ -70,4 +96,4 @@ def model_type_page(request: Request, model_type: str) -> HTMLResponse:
 def install(app: FastAPI) -> None:
     """Add the pages and their static assets (``/ui/static``) to the app."""
     app.include_router(router)
-    app.mount("/ui/static", StaticFiles(directory=WEB / "static"), name="ui-static")
+    app.mount("/ui/static", _Assets(directory=WEB / "static"), name="ui-static")
