@@ -24,7 +24,7 @@ from .executor import ConversionResult, Meter, ProgressCallback, card_info, exec
 from .planner import Plan, plan
 from .safetensors_io import CheckpointIndex
 from .spec import DestinationSpec, JobSpec, SourceSpec
-from .storage import CachedSource, ShardWritten, Sink, Source, open_sink, open_source
+from .storage import CachedSource, PartsSink, ShardWritten, Sink, Source, open_sink, open_source
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ class ConversionJob:
 
     # --- the destination ----------------------------------------------------------------------------------------------
 
-    def sink(self, pr_revision: str | None = None) -> Sink:
+    def sink(self, pr_revision: str | None = None) -> PartsSink:
         return open_sink(
             self.spec.destination,
             source=self.source,

@@ -289,7 +289,7 @@ def read_bin_header(read_at: ReadAt, size: int, *, file: str, parallel: int = 1)
             )
         raise HeaderError(f"{file} is not a torch.save zip file", file=file)
     try:
-        zf = zipfile.ZipFile(f)  # type: ignore[arg-type]
+        zf = zipfile.ZipFile(f)
         infos = zf.infolist()
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
         raise HeaderError(f"{file}: not a readable zip file ({e})", file=file) from None

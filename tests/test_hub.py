@@ -148,7 +148,7 @@ def test_range_reads_survive_5xx_and_dropped_connections(hub):
 
 
 def test_permanent_read_failure_fails_cleanly(hub, monkeypatch):
-    import converter.hub as ch
+    import converter.storage.hub_source as ch
 
     monkeypatch.setattr(ch, "RETRIES", 1)
     dst = "org/tiny-mixtral-broken"
@@ -209,3 +209,29 @@ def test_cli_hub_paths(hub, tmp_path):
     assert_same_tensors(read_tensors(Path(back)), hub.published)
     cli("convert", f"hf://{SRC}", f"hf://{SRC}", "--pr", "-q")  # a pull request on the source itself
     assert any("Convert mixtral" in p["title"] for p in hub.open_prs(SRC))
+
+
+def test_hub_adapter_commits_a_blob_another_process_uploaded(hub, tmp_path):
+    """The one place that relies on huggingface_hub internals: a CommitOperationAdd rebuilt from an upload record
+    (as a sharded job's final task does) commits the blob without uploading it again."""
+    from huggingface_hub import CommitOperationAdd
+
+    from converter.storage.hub_adapter import is_lfs, upload_record, uploaded_addition
+
+    repo = "org/adapter"
+    hub.api.create_repo(repo)
+    data = bytes(range(256)) * 4096
+    (tmp_path / "blob.safetensors").write_bytes(data)
+    op = CommitOperationAdd(
+        path_in_repo="blob.safetensors", path_or_fileobj=str(tmp_path / "blob.safetensors")
+    )
+    hub.api.preupload_lfs_files(repo, additions=[op])
+    record = upload_record(op)
+    assert is_lfs(record) and record["size"] == len(data)
+    hub.reset_requests()
+    hub.api.create_commit(
+        repo, operations=[uploaded_addition("blob.safetensors", record)], commit_message="x"
+    )
+    assert not [r for r in hub.requests(method="PUT")], "the blob was uploaded again"
+    path = hub.api.hf_hub_download(repo, "blob.safetensors", cache_dir=tmp_path / "dl")
+    assert Path(path).read_bytes() == data

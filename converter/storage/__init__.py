@@ -15,7 +15,17 @@ from pathlib import Path
 
 from ..errors import CheckpointError
 from ..spec import HUB, DestinationSpec, SourceSpec
-from .base import CachedSource, Reader, RunReader, ShardWritten, Sink, Source, split_other_files, unwrap
+from .base import (
+    CachedSource,
+    PartsSink,
+    Reader,
+    RunReader,
+    ShardWritten,
+    Sink,
+    Source,
+    split_other_files,
+    unwrap,
+)
 from .local import LocalReader, LocalSink, LocalSource
 
 
@@ -55,7 +65,7 @@ def open_sink(
     key: str | None = None,
     tag: str | None = None,
     pr_revision: str | None = None,
-) -> Sink:
+) -> PartsSink:
     """A Sink for a :class:`DestinationSpec` (or a string: ``hf://org/name`` / a model URL is a Hub repo, anything
     else a folder). ``key``: the conversion key, by which a sink recognises its own earlier output
     (:meth:`Sink.already_published`) and a Hub sink its open pull request; ``tag``: a fixed name for a local
@@ -90,6 +100,7 @@ __all__ = [
     "LocalReader",
     "LocalSink",
     "LocalSource",
+    "PartsSink",
     "Reader",
     "RunReader",
     "ShardWritten",

@@ -13,7 +13,7 @@ import os
 from collections.abc import Callable, Collection, Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Protocol, runtime_checkable
+from typing import IO, Any, BinaryIO, Protocol, runtime_checkable
 
 from ..safetensors_io import CheckpointIndex
 
@@ -49,7 +49,7 @@ class Source(Protocol):
 
     def reader(self) -> AbstractContextManager[Reader]: ...
 
-    def open_file(self, name: str) -> AbstractContextManager[BinaryIO]: ...
+    def open_file(self, name: str) -> AbstractContextManager[IO[bytes]]: ...
 
 
 @dataclass
@@ -74,8 +74,6 @@ class Sink(Protocol):
 
     def begin(self) -> None: ...
 
-    def attach(self) -> None: ...  # join what begin() prepared in another process (a sharded job's subtasks)
-
     def already_published(
         self,
     ) -> str | None: ...  # where this very conversion was published before, if it was
@@ -85,8 +83,6 @@ class Sink(Protocol):
     def open_shard(self, name: str) -> AbstractContextManager[BinaryIO]: ...  # an unbuffered binary file
 
     def finish_shard(self, name: str) -> dict[str, Any] | None: ...  # a Hub sink: the pre-uploaded blob
-
-    def add_written(self, shard: ShardWritten) -> None: ...  # a shard written by another process
 
     def write_bytes(self, name: str, data: bytes) -> None: ...
 
@@ -99,6 +95,15 @@ class Sink(Protocol):
     def commit(self, message: str) -> str: ...
 
     def abort(self) -> None: ...
+
+
+@runtime_checkable
+class PartsSink(Sink, Protocol):
+    """A sink whose shards can be written by several processes (a sharded job's subtasks) and committed by one."""
+
+    def attach(self) -> None: ...  # join what begin() prepared in another process
+
+    def add_written(self, shard: ShardWritten) -> None: ...  # a shard another process wrote
 
 
 def is_weight_file(name: str) -> bool:
@@ -147,7 +152,7 @@ class CachedSource:
     def reader(self) -> AbstractContextManager[Reader]:
         return self.inner.reader()
 
-    def open_file(self, name: str) -> AbstractContextManager[BinaryIO]:
+    def open_file(self, name: str) -> AbstractContextManager[IO[bytes]]:
         return self.inner.open_file(name)
 
 

@@ -174,7 +174,7 @@ class HubSink:
             card = ModelCard(text, ignore_metadata_errors=True)
         finally:
             hf_logging.set_verbosity(level)
-        card.data.base_model = self.base_model
+        card.data.base_model = self.base_model  # type: ignore[attr-defined]  # CardData holds any key
         return str(card).rstrip()
 
     def link_file(self, source: Source, name: str, size: int | None = None) -> None:

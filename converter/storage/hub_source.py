@@ -287,7 +287,7 @@ class HubSource:
 
     def read_header(self, name: str) -> ShardHeader:
         """A shard's header from one range request (two if the header is longer than ~4 KB)."""
-        from .errors import HeaderError
+        from ..errors import HeaderError
 
         size = self.sizes.get(name)
         probe = min(HEADER_PROBE, size) if size else HEADER_PROBE
