@@ -9,21 +9,21 @@ shard's tensors as byte ranges, from safetensors headers or ``torch.save`` zip d
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .confine import Folder, check_name
 from .errors import CheckpointError, CheckpointIndexError
-from .pytorch_bin import is_bin_checkpoint_name, local_ranges, read_bin_header
+from .pytorch_bin import is_bin_checkpoint_name, read_bin_header
 from .safetensors_io import (
     INDEX_NAME,
     SINGLE_NAME,
     CheckpointIndex,
     ShardHeader,
     assemble_index,
-    check_member_name,
     parse_index_bytes,
-    read_header,
+    read_header_at,
 )
 
 #: PyTorch (``torch.save``) checkpoints, read when a folder has no safetensors weights (as transformers does)
@@ -68,37 +68,53 @@ def choose_weight_files(names: Iterable[str], *, where: str) -> WeightFiles:
     )
 
 
-def read_local_checkpoint(folder: str | os.PathLike[str]) -> CheckpointIndex:
+def read_local_checkpoint(folder: str | os.PathLike[str] | Folder) -> CheckpointIndex:
     """Headers of every shard of a local checkpoint folder: safetensors (index file, a single
-    ``model.safetensors``, or ``*.safetensors``), else PyTorch ``pytorch_model*.bin`` (read as byte ranges)."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise CheckpointError(f"{root} is not a folder", file=str(root))
-    chosen = choose_weight_files((p.name for p in root.iterdir()), where=str(root))
+    ``model.safetensors``, or ``*.safetensors``), else PyTorch ``pytorch_model*.bin`` (read as byte ranges). Every
+    file is opened through the folder's descriptor, following no link out of it (:class:`converter.confine.Folder`)."""
+    if not isinstance(folder, Folder):
+        if not Path(folder).is_dir():
+            raise CheckpointError(f"{folder} is not a folder", file=str(folder))
+        with Folder(folder) as f:
+            return read_local_checkpoint(f)
+    names = [n for n in folder.names() if not n.endswith("/")]
+    chosen = choose_weight_files(names, where=folder.shown)
     weight_map: dict[str, str] | None = None
     meta: dict[str, object] = {}
     files = list(chosen.files)
     if chosen.index is not None:
-        path = check_member_name(root, chosen.index, what="index")
-        weight_map, meta = parse_index_bytes(path.read_bytes(), chosen.index)
+        weight_map, meta = parse_index_bytes(folder.read(chosen.index, what="index"), chosen.index)
         files = list(dict.fromkeys(weight_map.values()))
     shards: dict[str, ShardHeader] = {}
     for name in files:
-        path = check_member_name(root, name, what="shard")
-        if not path.is_file():
+        check_name(name, "shard")
+        if not folder.exists(name):
             raise CheckpointIndexError(f"{chosen.index} names shard {name}, which does not exist", file=name)
-        shards[name] = (
-            read_header(path, name=name) if chosen.format == "safetensors" else _read_bin(path, name)
-        )
+        fd = folder.open(name, "shard")
+        try:
+            size = os.fstat(fd).st_size
+            read_at = _reader(fd)
+            if chosen.format == "safetensors":
+                shards[name] = read_header_at(read_at, size, file=name)
+            else:
+                shards[name] = read_bin_header(read_at, size, file=name)
+        finally:
+            os.close(fd)
     index = assemble_index(shards, weight_map, index_file=chosen.index or INDEX_NAME)
     index.index_metadata = meta
     index.format = chosen.format
     return index
 
 
-def _read_bin(path: Path, name: str) -> ShardHeader:
-    read_at, size, close = local_ranges(path)
-    try:
-        return read_bin_header(read_at, size, file=name)
-    finally:
-        close()
+def _reader(fd: int) -> Callable[[int, int], bytes]:
+    def read_at(offset: int, length: int) -> bytes:
+        parts, done = [], 0
+        while done < length:
+            b = os.pread(fd, length - done, offset + done)
+            if not b:
+                break
+            parts.append(b)
+            done += len(b)
+        return b"".join(parts)
+
+    return read_at

@@ -15,8 +15,9 @@ holds this very conversion (a run that died after publishing).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .errors import ConversionError
@@ -46,7 +47,8 @@ class CheckpointHeaders:
 class ConversionJob:
     """A :class:`JobSpec` being run. ``token``/``endpoint``: the Hub's; ``tag`` names a local destination's staging
     folder after the job (so a re-run replaces what a lost run left); ``max_bytes_per_second`` caps the write
-    rate; ``device`` is where arithmetic ops run (None: a GPU if torch sees one)."""
+    rate; ``device`` is where arithmetic ops run (None: a GPU if torch sees one); ``roots``: local paths must be
+    beneath one of them, checked when each file is opened (the workers pass their allowed roots)."""
 
     def __init__(
         self,
@@ -58,11 +60,12 @@ class ConversionJob:
         max_bytes_per_second: float | None = None,
         device: str | None = None,
         headers: CheckpointHeaders | None = None,
+        roots: Sequence[Path] | None = None,
     ) -> None:
-        self.spec, self.token, self.endpoint, self.tag = spec, token, endpoint, tag
+        self.spec, self.token, self.endpoint, self.tag, self.roots = spec, token, endpoint, tag, roots
         self.max_bytes_per_second, self.device = max_bytes_per_second, device
         self.key = spec.key()
-        self.source: Source = open_source(spec.source, token=token, endpoint=endpoint)
+        self.source: Source = open_source(spec.source, token=token, endpoint=endpoint, roots=roots)
         self._headers = headers
         self._plan: Plan | None = None
 
@@ -105,12 +108,18 @@ class ConversionJob:
             key=self.key,
             tag=self.tag,
             pr_revision=pr_revision,
+            roots=self.roots,
         )
 
     def already_published(self) -> str | None:
         """Where this very conversion was published already (by a run that died before recording it), or None."""
         return open_sink(
-            self.spec.destination, source=self.source, token=self.token, endpoint=self.endpoint, key=self.key
+            self.spec.destination,
+            source=self.source,
+            token=self.token,
+            endpoint=self.endpoint,
+            key=self.key,
+            roots=self.roots,
         ).already_published()
 
     @property

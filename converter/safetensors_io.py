@@ -17,7 +17,7 @@ import math
 import os
 import re
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -190,6 +190,20 @@ def read_header_from(f: BinaryIO, *, file: str, file_size: int) -> ShardHeader:
     if len(raw) != n:
         raise HeaderError(f"{file}: truncated header ({len(raw)} of {n} bytes)", file=file)
     return parse_header(raw, file=file, file_size=file_size, header_size=n)
+
+
+def read_header_at(read_at: Callable[[int, int], bytes], file_size: int, *, file: str) -> ShardHeader:
+    """A safetensors header from ``read_at(offset, length)`` (an open file descriptor, a range request...)."""
+
+    class _Sequential:
+        pos = 0
+
+        def read(self, n: int) -> bytes:
+            data = read_at(self.pos, n)
+            self.pos += len(data)
+            return data
+
+    return read_header_from(_Sequential(), file=file, file_size=file_size)  # type: ignore[arg-type]
 
 
 def read_header(path: str | os.PathLike[str], *, name: str | None = None) -> ShardHeader:

@@ -68,7 +68,13 @@ class Settings(BaseSettings):
 
     @property
     def local_roots(self) -> list[Path]:
-        return [Path(p).resolve() for p in self.allowed_local_roots.split(":") if p.strip()]
+        """The allowed roots as configured (absolute, ``..`` folded; a root that is itself a link is trusted: local
+        paths must be given under the root as written here)."""
+        return [
+            Path(os.path.normpath(os.path.abspath(p)))
+            for p in self.allowed_local_roots.split(":")
+            if p.strip()
+        ]
 
     @property
     def token_list(self) -> list[str]:

@@ -9,6 +9,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from converter.confine import locate
+from converter.errors import UnsafePathError
 from converter.spec import HUB, LOCAL, DestinationSpec, SourceSpec, parse_hub_url
 from converter.storage import LocalSource, Source, open_source
 from converter.storage.local import fingerprint
@@ -23,17 +25,23 @@ REPO_ID = re.compile(
 REVISION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,254}$")
 
 
-def check_local_path(path: str, settings: Settings, *, what: str) -> Path:
-    """An absolute path under one of the allowed roots (after resolving symlinks and ``..``), else 403/422."""
+def check_local_path(path: str, settings: Settings, *, what: str) -> str:
+    """An absolute path lexically beneath one of the allowed roots (``..`` folded, links not followed: the
+    workers open it beneath the root without following any), else 403/422. Returns the normalised path."""
     if not path or not os.path.isabs(path) or "\x00" in path:
         raise InvalidRequestError(f"{what} {path!r} must be an absolute path")
-    real = Path(path).resolve()
+    try:
+        path.encode()
+    except UnicodeEncodeError:
+        raise InvalidRequestError(f"{what} {path!r} is not valid UTF-8") from None
     roots = settings.local_roots
     if not roots:
         raise ForbiddenPathError(f"local {what}s are disabled (set CKPT_CONVERT_ALLOWED_LOCAL_ROOTS)")
-    if not any(real == r or r in real.parents for r in roots):
-        raise ForbiddenPathError(f"{what} {path} is outside the allowed local roots")
-    return real
+    try:
+        locate(path, roots, what)
+    except UnsafePathError:
+        raise ForbiddenPathError(f"{what} {path} is outside the allowed local roots") from None
+    return os.path.normpath(path)
 
 
 def parse_repo_ref(value: str, settings: Settings, *, what: str = "source") -> tuple[str, str | None]:
@@ -72,9 +80,10 @@ def resolve_source(
     the opened source (to read its config.json and check the destination against it)."""
     if source.startswith("/"):
         folder = check_local_path(source, settings, what="source")
-        if not folder.is_dir():
+        if not os.path.isdir(folder):
             raise SourceNotFoundError(f"source folder {source} does not exist")
-        return SourceSpec(LOCAL, str(folder), sha=fingerprint(folder)), LocalSource(folder)
+        opened = LocalSource(folder, roots=settings.local_roots)
+        return SourceSpec(LOCAL, folder, sha=fingerprint(Path(folder))), opened
     repo, named = parse_repo_ref(source, settings)
     if named is not None:
         if revision not in ("main", named):
@@ -95,6 +104,6 @@ def resolve_destination(
 ) -> DestinationSpec:
     if "local_path" in dest:
         out = check_local_path(dest["local_path"], settings, what="destination")
-        return DestinationSpec(LOCAL, str(out), overwrite=overwrite)
+        return DestinationSpec(LOCAL, out, overwrite=overwrite)
     repo = parse_repo_id(dest["repo_id"], settings, what="destination repo_id")
     return DestinationSpec(HUB, repo, bool(dest.get("create_pr")), bool(dest.get("private")), overwrite)

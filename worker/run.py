@@ -33,7 +33,7 @@ class WorkerLostError(ConversionError):
 def conversion_job(rec: dict[str, Any], settings: Settings, token: str | None, **kw: Any) -> ConversionJob:
     return ConversionJob(
         spec_of(rec), token=token, endpoint=settings.hf_endpoint, tag=rec["id"],
-        max_bytes_per_second=settings.max_bytes_per_second or None, **kw,
+        max_bytes_per_second=settings.max_bytes_per_second or None, roots=settings.local_roots, **kw,
     )  # fmt: skip
 
 

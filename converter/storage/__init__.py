@@ -11,6 +11,7 @@ needs.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import CheckpointError
@@ -34,10 +35,12 @@ def open_source(
     *,
     token: str | None = None,
     endpoint: str | None = None,
+    roots: Sequence[Path] | None = None,
 ) -> Source:
     """A Source for a :class:`SourceSpec`, or for a string as the CLI takes it (:meth:`SourceSpec.parse`: a Hub
     repo ``hf://org/name[@rev]``, a model URL, a bare ``org/name`` when no such local path exists, else a local
-    folder). A Hub source is resolved to one commit (the spec's ``sha`` when it has one). A Source is returned as
+    folder). A Hub source is resolved to one commit (the spec's ``sha`` when it has one). A local folder is held
+    open by descriptor, beneath one of ``roots`` when given (no link followed on the way). A Source is returned as
     is."""
     if isinstance(source, (str, os.PathLike)):
         source = SourceSpec.parse(source)
@@ -49,10 +52,9 @@ def open_source(
         return HubSource(
             source.location, source.sha or source.revision or "main", token=token, endpoint=endpoint
         )
-    p = Path(source.location)
-    if not p.exists():
-        raise CheckpointError(f"source {p} does not exist", file=str(p))
-    return LocalSource(p)
+    if roots is None and not os.path.isdir(source.location):
+        raise CheckpointError(f"source {source.location} does not exist", file=source.location)
+    return LocalSource(source.location, roots=roots)
 
 
 def open_sink(
@@ -65,12 +67,14 @@ def open_sink(
     key: str | None = None,
     tag: str | None = None,
     pr_revision: str | None = None,
+    roots: Sequence[Path] | None = None,
 ) -> PartsSink:
     """A Sink for a :class:`DestinationSpec` (or a string: ``hf://org/name`` / a model URL is a Hub repo, anything
     else a folder). ``key``: the conversion key, by which a sink recognises its own earlier output
     (:meth:`Sink.already_published`) and a Hub sink its open pull request; ``tag``: a fixed name for a local
     staging folder (a re-run of the same job replaces what a lost run left); ``pr_revision``: the pull request a
-    sharded job's first task opened."""
+    sharded job's first task opened; ``roots``: a local destination's parent must be beneath one of them (opened
+    without following links, and everything written relative to it)."""
     if isinstance(destination, (str, os.PathLike)):
         destination = DestinationSpec.parse(destination)
     if destination.kind == HUB:

@@ -8,20 +8,32 @@ import hashlib
 import json
 import os
 import shutil
+import stat
 import uuid
-from collections.abc import Collection, Iterator
-from contextlib import contextmanager
+from collections.abc import Collection, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from ..checkpoint import read_local_checkpoint
+from ..confine import (
+    RENAME_EXCHANGE,
+    RENAME_NOREPLACE,
+    Folder,
+    check_name,
+    locate,
+    make_dirs_beneath,
+    open_beneath,
+    remove_tree_at,
+    renameat2,
+)
 from ..errors import (
     CheckpointError,
     ConversionError,
     OutputExistsError,
     OverlappingPathsError,
 )
-from ..safetensors_io import CheckpointIndex, check_member_name
+from ..safetensors_io import CheckpointIndex
 from .base import ShardWritten, Source, file_size, split_other_files, unwrap
 
 COPY_CHUNK = 64 * 1024 * 1024
@@ -49,18 +61,19 @@ def fingerprint(folder: Path) -> str:
 
 
 class LocalReader:
-    """Byte ranges of local shard files; ``copy_to`` uses ``copy_file_range`` (in-kernel copy) when it can."""
+    """Byte ranges of a folder's shard files (opened through the folder, no link followed out of it);
+    ``copy_to`` uses ``copy_file_range`` (in-kernel copy) when it can."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, folder: Folder | str | os.PathLike[str]) -> None:
+        self._owned = not isinstance(folder, Folder)
+        self.folder = folder if isinstance(folder, Folder) else Folder(folder)
         self._fds: dict[str, int] = {}
         self._kernel_copy = hasattr(os, "copy_file_range")
 
     def _fd(self, file: str) -> int:
         fd = self._fds.get(file)
         if fd is None:
-            fd = os.open(check_member_name(self.root, file, what="shard"), os.O_RDONLY)
-            self._fds[file] = fd
+            fd = self._fds[file] = self.folder.open(file, "shard")
         return fd
 
     def read(self, file: str, offset: int, length: int) -> bytes:
@@ -105,40 +118,41 @@ class LocalReader:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+        if self._owned:
+            self.folder.close()
 
 
 class LocalSource:
-    """A checkpoint folder on this machine (also a huggingface_hub cache snapshot folder)."""
+    """A checkpoint folder on this machine (also a huggingface_hub cache snapshot folder), held open by its
+    descriptor: with ``roots``, opened beneath one of them without following any link, so a folder swapped for a
+    link after it was checked is refused and nothing outside is read."""
 
-    def __init__(self, folder: str | os.PathLike[str]) -> None:
-        self.root = Path(folder)
-        self.description = str(self.root)
+    def __init__(self, folder: str | os.PathLike[str], *, roots: Sequence[Path] | None = None) -> None:
+        self.root = Path(os.fspath(folder))
+        self.description = os.fspath(folder)
+        self.folder = Folder(folder, roots=roots, what="source")
+
+    def __del__(self) -> None:
+        folder = getattr(self, "folder", None)
+        if folder is not None:
+            folder.close()
 
     def read_index(self) -> CheckpointIndex:
-        return read_local_checkpoint(self.root)
+        return read_local_checkpoint(self.folder)
 
     def read_config(self) -> dict[str, Any] | None:
-        p = self.root / "config.json"
-        if not p.is_file():
+        if not self.folder.exists("config.json"):
             return None
-        try:
-            doc = json.loads(p.read_bytes())
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"config.json is not valid JSON ({e})", file="config.json") from None
-        if not isinstance(doc, dict):
-            raise CheckpointError("config.json is not a JSON object", file="config.json")
-        return doc
+        return parse_config(self.folder.read("config.json", limit=16 * 1024 * 1024, what="config"))
 
     def other_files(self, weights: Collection[str] = ()) -> tuple[list[str], list[str]]:
         """Top-level files to copy unchanged (config, tokenizer, ...), and those skipped (weights in other formats or
         not part of the checkpoint, folders). ``weights``: the checkpoint's own files, neither."""
-        return split_other_files(
-            [p.name + ("/" if p.is_dir() else "") for p in sorted(self.root.iterdir())], weights
-        )
+        return split_other_files(self.folder.names(), weights)
 
     @contextmanager
     def reader(self) -> Iterator[LocalReader]:
-        r = LocalReader(self.root)
+        r = LocalReader(self.folder)
         try:
             yield r
         finally:
@@ -146,12 +160,33 @@ class LocalSource:
 
     @contextmanager
     def open_file(self, name: str) -> Iterator[BinaryIO]:
-        with open(check_member_name(self.root, name), "rb") as f:
+        with os.fdopen(self.folder.open(name), "rb") as f:
             yield f
 
 
+def parse_config(raw: bytes) -> dict[str, Any]:
+    """A config.json's bytes as a dict; a typed error for anything else (bad JSON, nesting past the parser's limit,
+    not an object)."""
+    try:
+        doc = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"config.json is not valid JSON ({e})", file="config.json") from None
+    except RecursionError:
+        raise CheckpointError("config.json is nested too deeply", file="config.json") from None
+    if not isinstance(doc, dict):
+        raise CheckpointError("config.json is not a JSON object", file="config.json")
+    return doc
+
+
 class LocalSink:
-    """Writes into a hidden sibling folder and renames it to ``folder`` only on :meth:`commit`."""
+    """Writes into a hidden sibling of ``folder`` and publishes it there in one atomic, no-replace rename.
+
+    Everything happens relative to the destination's parent, opened once (beneath ``roots`` when given, with no
+    link followed): a parent swapped for a link later writes nothing elsewhere. Publishing never replaces what is
+    there: a folder that appeared, or got files, while the job ran makes the commit fail (:class:`OutputExistsError`)
+    and nothing is removed. With ``overwrite`` the new folder is swapped in atomically (``RENAME_EXCHANGE``) and only
+    then the old one removed. An empty destination folder is taken over (removed only while it is still empty).
+    """
 
     def __init__(
         self,
@@ -161,125 +196,212 @@ class LocalSink:
         source_root: Path | None = None,
         tag: str | None = None,
         key: str | None = None,
+        roots: Sequence[Path] | None = None,
     ):
-        """``tag`` names the temporary folder (instead of a random name) so that a re-run of the same job, e.g.
-        after its worker was killed, removes what the lost run left behind. ``key``: the conversion key recorded in
-        the shards' metadata, by which :meth:`already_published` recognises this conversion's output."""
-        self.final = Path(folder).absolute()
-        self.overwrite = overwrite
-        self.tag = tag
-        self.key = key
-        self._parts: dict[str, Path] = {}
+        """``tag`` names the staging folder after the job (instead of a random name), so a re-run of the same job,
+        e.g. after its worker was killed, replaces what the lost run left behind. ``key``: the conversion key in the
+        shards' metadata, by which :meth:`already_published` recognises this conversion's output."""
+        self.final = Path(os.path.normpath(os.path.abspath(os.fspath(folder))))
+        self.shown = os.fspath(folder)
+        self.name = check_name(self.final.name, "output folder")
+        self.overwrite, self.tag, self.key, self.roots = overwrite, tag, key, roots
         self.description = str(self.final)
-        self.tmp: Path | None = None
-        self._check(source_root)
-
-    def _check(self, source_root: Path | None) -> None:
-        final = self.final.resolve()
+        self.staging = f".{self.name}.partial-{tag or uuid.uuid4().hex[:8]}"
+        self._parent: int | None = None
+        self._stage: int | None = None
+        self._parts: dict[str, str] = {}
         if source_root is not None:
             check_apart(self.final, source_root)
-        if final.exists() and not final.is_dir():
-            raise OutputExistsError(f"output {final} exists and is not a folder", file=str(final))
-        if final.is_dir() and any(final.iterdir()) and not self.overwrite:
+        self._check_final(self._stat_final())
+
+    # --- the destination's parent and the final name --------------------------------------------------------------
+
+    def _parent_fd(self, create: bool = False) -> int:
+        if self._parent is None:
+            root, rel = locate(self.final.parent, self.roots, "destination")
+            if self.roots is None:
+                root, rel = Path(self.final.parent), ()
+                if create:
+                    os.makedirs(root, exist_ok=True)
+            make = make_dirs_beneath if create else open_beneath
+            self._parent = make(root, rel, self.shown)
+        return self._parent
+
+    def _stat_final(self) -> os.stat_result | None:
+        try:
+            parent = self._parent_fd()
+        except CheckpointError:
+            return None  # no parent yet: nothing there
+        try:
+            return os.stat(self.name, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    def _check_final(self, st: os.stat_result | None) -> None:
+        if st is None:
+            return
+        if not stat.S_ISDIR(st.st_mode):
+            raise OutputExistsError(f"output {self.shown} exists and is not a folder", file=self.shown)
+        if not self.overwrite and not self._final_is_empty():
             raise OutputExistsError(
-                f"output folder {final} is not empty; pass --overwrite to replace it", file=str(final)
+                f"output folder {self.shown} is not empty; pass --overwrite to replace it", file=self.shown
             )
 
-    def _staging(self) -> Path:
-        return self.final.parent / f".{self.final.name}.partial-{self.tag or uuid.uuid4().hex[:8]}"
+    def _final_is_empty(self) -> bool:
+        fd = os.open(self.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self._parent_fd())
+        try:
+            return not os.listdir(fd)
+        finally:
+            os.close(fd)
+
+    # --- staging ----------------------------------------------------------------------------------------------------
 
     def begin(self) -> None:
-        self.final.parent.mkdir(parents=True, exist_ok=True)
-        self.tmp = self._staging()
-        if self.tag is not None and self.tmp.exists():
-            shutil.rmtree(self.tmp)
-        self.tmp.mkdir()
+        parent = self._parent_fd(create=True)
+        if self.tag is not None:
+            remove_tree_at(parent, self.staging)  # what a lost run of this same job left
+        os.mkdir(self.staging, 0o755, dir_fd=parent)
+        self._stage = os.open(self.staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
 
     def attach(self) -> None:
-        """Write into the staging folder that :meth:`begin` made in another process (same ``tag``, shared disk)."""
+        """Write into the staging folder :meth:`begin` made in another process (same ``tag``, shared disk)."""
         assert self.tag is not None, "attach() needs a tag"
-        self.tmp = self._staging()
-        if not self.tmp.is_dir():
-            raise CheckpointError(f"staging folder {self.tmp} is gone (cancelled, or not on a shared disk?)")
+        try:
+            self._stage = os.open(
+                self.staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=self._parent_fd()
+            )
+        except OSError:
+            raise CheckpointError(
+                f"staging folder of {self.shown} is gone (cancelled, or not on a shared disk?)",
+                file=self.shown,
+            ) from None
+
+    def _stage_fd(self) -> int:
+        assert self._stage is not None, "begin() first"
+        return self._stage
+
+    def _create(self, name: str) -> int:
+        return os.open(check_name(name, "output file"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW
+                       | os.O_CLOEXEC, 0o644, dir_fd=self._stage_fd())  # fmt: skip
 
     def add_written(self, shard: ShardWritten) -> None:
         """Check that a shard another process wrote is complete in the staging folder."""
-        p = self._path(shard.file)
-        if not p.is_file() or p.stat().st_size != shard.size:
-            raise CheckpointError(
-                f"output shard {shard.file} is missing or incomplete in {self.tmp}", file=shard.file
-            )
+        try:
+            st = os.stat(check_name(shard.file), dir_fd=self._stage_fd(), follow_symlinks=False)
+            ok = stat.S_ISREG(st.st_mode) and st.st_size == shard.size
+        except OSError:
+            ok = False
+        if not ok:
+            raise CheckpointError(f"output shard {shard.file} is missing or incomplete", file=shard.file)
+
+    @contextmanager
+    def open_shard(self, name: str) -> Iterator[BinaryIO]:
+        """Written under a name of its own and renamed by :meth:`finish_shard`: a shard under its final name is
+        complete, even if two deliveries of the same task wrote it at once."""
+        part = f"{check_name(name, 'output file')}.part-{uuid.uuid4().hex[:8]}"
+        self._parts[name] = part
+        with os.fdopen(self._create(part), "wb", buffering=0) as f:
+            yield f
+
+    def finish_shard(self, name: str) -> dict[str, Any] | None:
+        stage = self._stage_fd()
+        os.rename(self._parts.pop(name), name, src_dir_fd=stage, dst_dir_fd=stage)
+        return None
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        with os.fdopen(self._create(name), "wb") as f:
+            f.write(data)
+
+    def copy_file(self, source: Source, name: str) -> None:
+        with source.open_file(name) as src, os.fdopen(self._create(name), "wb") as dst:
+            shutil.copyfileobj(src, dst, 16 * 1024 * 1024)
+
+    def link_file(self, source: Source, name: str, size: int | None = None) -> None:
+        """``name`` of ``source`` unchanged, as a hard link when both are on one local filesystem, else a copy."""
+        inner = unwrap(source)
+        if isinstance(inner, LocalSource) and inner.folder.link_into(
+            name, self._stage_fd(), check_name(name)
+        ):
+            return
+        with source.reader() as reader, os.fdopen(self._create(name), "wb", buffering=0) as dst:
+            reader.copy_to(dst, name, 0, size if size is not None else file_size(source, name))
+
+    def free_bytes(self) -> int:
+        """Free space on the destination's filesystem, for the caller's check before writing."""
+        st = os.statvfs(self._parent_fd(create=True))
+        return st.f_bavail * st.f_frsize
+
+    def holds(self, source: Source) -> bool:
+        return False  # an output folder overlapping the source is refused when the sink is made
 
     def already_published(self) -> str | None:
         """The output folder, if it holds this very conversion (``key`` in its shards' metadata): a run that died
         right after publishing, before recording it."""
-        if self.key is None or not self.final.is_dir():
+        if self.key is None or self._stat_final() is None:
             return None
         try:
-            index = read_local_checkpoint(self.final)
+            with Folder(self.final, roots=self.roots, what="destination") as f:
+                index = read_local_checkpoint(f)
         except ConversionError:
             return None
         if any(h.metadata.get("conversion") == self.key for h in index.shards.values()):
             return str(self.final)
         return None
 
-    def _path(self, name: str) -> Path:
-        assert self.tmp is not None, "begin() first"
-        return check_member_name(self.tmp, name, what="output file")
-
-    @contextmanager
-    def open_shard(self, name: str) -> Iterator[BinaryIO]:
-        """Written under a name of its own and renamed by :meth:`finish_shard`: a shard under its final name is
-        complete, even if two deliveries of the same task wrote it at once."""
-        part = self._path(f"{name}.part-{uuid.uuid4().hex[:8]}")
-        self._parts[name] = part
-        with open(part, "wb", buffering=0) as f:
-            yield f
-
-    def finish_shard(self, name: str) -> dict[str, Any] | None:
-        os.replace(self._parts.pop(name), self._path(name))
-        return None
-
-    def write_bytes(self, name: str, data: bytes) -> None:
-        self._path(name).write_bytes(data)
-
-    def copy_file(self, source: Source, name: str) -> None:
-        with source.open_file(name) as src, open(self._path(name), "wb") as dst:
-            shutil.copyfileobj(src, dst, 16 * 1024 * 1024)
-
-    def link_file(self, source: Source, name: str, size: int | None = None) -> None:
-        """``name`` of ``source`` unchanged, as a hard link when both are on one local filesystem, else a copy."""
-        source = unwrap(source)
-        if isinstance(source, LocalSource):
-            src = check_member_name(source.root, name)
-            try:
-                os.link(src, self._path(name), follow_symlinks=True)
-                return
-            except OSError as e:
-                if e.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
-                    raise
-        with source.reader() as reader, open(self._path(name), "wb", buffering=0) as dst:
-            reader.copy_to(dst, name, 0, size if size is not None else file_size(source, name))
-
-    def holds(self, source: Source) -> bool:
-        return False  # an output folder overlapping the source is refused when the sink is made
+    # --- publishing -------------------------------------------------------------------------------------------------
 
     def commit(self, message: str = "") -> str:
-        assert self.tmp is not None
-        old: Path | None = None
-        if self.final.exists():
-            if any(self.final.iterdir()):
-                old = self.final.parent / f".{self.final.name}.old-{uuid.uuid4().hex[:8]}"
-                os.rename(self.final, old)
+        parent = self._parent_fd()
+        os.close(self._stage_fd())
+        self._stage = None
+        st = self._stat_final()
+        self._check_final(st)
+        try:
+            if st is not None and self.overwrite and not self._final_is_empty():
+                self._exchange(parent)
             else:
-                self.final.rmdir()
-        os.rename(self.tmp, self.final)
-        self.tmp = None
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+                if st is not None:
+                    os.rmdir(self.name, dir_fd=parent)  # empty: taken over (fails if a file appeared)
+                self._rename_noreplace(parent)
+        except OSError as e:
+            if e.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                raise OutputExistsError(
+                    f"output folder {self.shown} appeared or got files while the job ran; nothing was replaced",
+                    file=self.shown,
+                ) from None
+            raise
         return str(self.final)
 
+    def _rename_noreplace(self, parent: int) -> None:
+        try:
+            renameat2(parent, self.staging, parent, self.name, RENAME_NOREPLACE)
+        except NotImplementedError:
+            # no renameat2: make the final folder ourselves (exclusively), then rename over it; a file put into it
+            # meanwhile makes the rename fail with ENOTEMPTY instead of being lost
+            os.mkdir(self.name, 0o755, dir_fd=parent)
+            os.rename(self.staging, self.name, src_dir_fd=parent, dst_dir_fd=parent)
+
+    def _exchange(self, parent: int) -> None:
+        """Swap the new folder in, then remove the old one (now under the staging name)."""
+        try:
+            renameat2(parent, self.staging, parent, self.name, RENAME_EXCHANGE)
+        except NotImplementedError:
+            old = f".{self.name}.old-{uuid.uuid4().hex[:8]}"
+            os.rename(self.name, old, src_dir_fd=parent, dst_dir_fd=parent)
+            os.rename(self.staging, self.name, src_dir_fd=parent, dst_dir_fd=parent)
+            remove_tree_at(parent, old)
+            return
+        remove_tree_at(parent, self.staging)
+
     def abort(self) -> None:
-        if self.tmp is not None:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-            self.tmp = None
+        if self._stage is not None:
+            os.close(self._stage)
+            self._stage = None
+        if self._parent is not None:
+            remove_tree_at(self._parent, self.staging)
+
+    def __del__(self) -> None:
+        for fd in (getattr(self, "_stage", None), getattr(self, "_parent", None)):
+            if fd is not None:
+                with suppress(OSError):
+                    os.close(fd)
