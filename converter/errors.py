@@ -114,6 +114,14 @@ class CancelledError(ConversionError):
     """The conversion was cancelled by its caller; nothing was published."""
 
 
+class InsufficientSpaceError(ConversionError):
+    """The destination's filesystem has less free space than the output needs (plus a margin)."""
+
+
+class OutputTooLargeError(ConversionError):
+    """The planned output is larger than the configured cap (``CKPT_CONVERT_MAX_OUTPUT_BYTES``)."""
+
+
 class OverlappingPathsError(ConversionError):
     """The output folder is, contains or is inside the source folder."""
 

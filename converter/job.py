@@ -20,12 +20,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConversionError
+from .errors import ConversionError, InsufficientSpaceError, OutputTooLargeError
 from .executor import ConversionResult, Meter, ProgressCallback, card_info, execute, publish, write_shards
 from .planner import Plan, plan
 from .safetensors_io import CheckpointIndex
 from .spec import DestinationSpec, JobSpec, SourceSpec
-from .storage import CachedSource, PartsSink, ShardWritten, Sink, Source, open_sink, open_source
+from .storage import CachedSource, PartsSink, ShardWritten, Sink, Source, SpaceAware, open_sink, open_source
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,8 @@ class ConversionJob:
     """A :class:`JobSpec` being run. ``token``/``endpoint``: the Hub's; ``tag`` names a local destination's staging
     folder after the job (so a re-run replaces what a lost run left); ``max_bytes_per_second`` caps the write
     rate; ``device`` is where arithmetic ops run (None: a GPU if torch sees one); ``roots``: local paths must be
-    beneath one of them, checked when each file is opened (the workers pass their allowed roots)."""
+    beneath one of them, checked when each file is opened (the workers pass their allowed roots);
+    ``max_output_bytes`` refuses a larger output before anything is written."""
 
     def __init__(
         self,
@@ -61,9 +62,11 @@ class ConversionJob:
         device: str | None = None,
         headers: CheckpointHeaders | None = None,
         roots: Sequence[Path] | None = None,
+        max_output_bytes: int | None = None,
     ) -> None:
         self.spec, self.token, self.endpoint, self.tag, self.roots = spec, token, endpoint, tag, roots
         self.max_bytes_per_second, self.device = max_bytes_per_second, device
+        self.max_output_bytes = max_output_bytes
         self.key = spec.key()
         self.source: Source = open_source(spec.source, token=token, endpoint=endpoint, roots=roots)
         self._headers = headers
@@ -141,10 +144,12 @@ class ConversionJob:
         should_cancel: Callable[[], bool] | None = None,
     ) -> ConversionResult:
         """Write everything and publish (or, for a no-op, hand the destination the source's files)."""
+        sink = self.sink()
+        self.check_room(sink)
         return execute(
             self.plan(),
             self.planned_source,
-            self.sink(),
+            sink,
             progress=progress,
             should_cancel=should_cancel,
             commit_message=self.commit_message,
@@ -158,6 +163,7 @@ class ConversionJob:
         """Prepare the destination for parts written elsewhere (a staging folder, the repo and pull request);
         returns the pull request's revision for :meth:`write_part` / :meth:`finish` (None if there is none)."""
         sink = self.sink()
+        self.check_room(sink)
         sink.begin()
         return getattr(sink, "pr_revision", None)
 
@@ -204,6 +210,29 @@ class ConversionJob:
             raise
         shards = [(written[s.file].file, written[s.file].size) for s in p.shards]
         return ConversionResult(where, p, shards, copied, skipped, 0.0)
+
+    def check_room(self, sink: Sink) -> None:
+        """Refuse before writing: an output over ``max_output_bytes``, or more than the destination has room for
+        (plus a margin of 1% or 64 MB, whichever is larger). A no-op (hard links) needs no room."""
+        p = self.plan()
+        if p.is_noop:
+            return
+        sizes = [s.nbytes for s in p.shards]
+        total = sum(sizes)
+        if self.max_output_bytes is not None and total > self.max_output_bytes:
+            raise OutputTooLargeError(
+                f"the output would be {total} bytes, over the {self.max_output_bytes}-byte cap "
+                "(CKPT_CONVERT_MAX_OUTPUT_BYTES)"
+            )
+        if isinstance(sink, SpaceAware):
+            need = sink.bytes_needed(sizes)
+            need += max(64 * 1024 * 1024, need // 100)
+            free = sink.free_bytes()
+            if free < need:
+                raise InsufficientSpaceError(
+                    f"{sink.description} has {free} bytes free; the output needs {need} (with a margin)",
+                    file=sink.description,
+                )
 
     def abort(self, pr_revision: str | None = None) -> None:
         """Remove what the parts wrote (a cancelled or failed sharded job); publishes nothing."""

@@ -242,20 +242,30 @@ def encode_header(
 _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(I?B)?\s*$", re.IGNORECASE)
 
 
+#: the largest size accepted anywhere (a shard, an output): 1 PB
+MAX_SIZE = 10**15
+
+
 def parse_size(size: str | int) -> int:
     """``"5GB"`` -> 5_000_000_000, ``"500MiB"`` -> 524_288_000, ``123`` -> 123 (as huggingface_hub counts)."""
     if isinstance(size, int):
         if size <= 0:
             raise ValueError("size must be positive")
+        if size > MAX_SIZE:
+            raise ValueError(f"size {size} is too large (at most {MAX_SIZE} bytes)")
         return size
     m = _SIZE_RE.match(size)
     if not m:
         raise ValueError(f"cannot read size {size!r}; use e.g. 5GB, 500MB, 2GiB or a byte count")
     num, unit, suffix = m.groups()
     base = 1024 if suffix and suffix.upper() == "IB" else 1000
+    if len(num) > 20:
+        raise ValueError(f"size {size!r} is too large")
     value = int(float(num) * base ** "_KMGT".index(unit.upper() or "_"))
     if value <= 0:
         raise ValueError("size must be positive")
+    if value > MAX_SIZE:
+        raise ValueError(f"size {size!r} is too large (at most {MAX_SIZE} bytes)")
     return value
 
 

@@ -9,6 +9,9 @@
 | ``CKPT_CONVERT_VISIBILITY_TIMEOUT`` | seconds before Redis redelivers an unacknowledged task; must exceed the longest task |
 | ``CKPT_CONVERT_MAX_BYTES_PER_SECOND`` | cap on each job's write rate (0 = none) |
 | ``CKPT_CONVERT_PROGRESS_INTERVAL`` | seconds between progress reports of a running job |
+| ``CKPT_CONVERT_MAX_OUTPUT_BYTES`` | refuse a job whose output would be larger (0 = no cap) |
+| ``CKPT_CONVERT_IDEMPOTENCY_TTL`` | seconds the same request returns the same job (default 24 h) |
+| ``CKPT_CONVERT_JOB_RETENTION`` | seconds a finished job's record is kept (default 30 days) |
 | ``CKPT_CONVERT_DEVICE`` | where workers run arithmetic ops: ``auto`` (a GPU when torch sees one), ``cpu``, ``cuda`` |
 | ``HF_TOKEN`` / ``HF_ENDPOINT`` | the workers' Hub token and endpoint |
 """
@@ -60,6 +63,12 @@ class Settings(BaseSettings):
     max_body_bytes: int = 1_000_000
     #: where arithmetic ops (cast, transpose, dequantize) run: auto = a GPU when torch sees one
     device: str = "auto"
+    #: refuse a job whose output would be larger than this many bytes (0 = no cap), before writing
+    max_output_bytes: int = 0
+    #: how long the same request returns the same job (and an Idempotency-Key stays taken), seconds
+    idempotency_ttl: int = 24 * 3600
+    #: how long a finished job's record is kept, seconds
+    job_retention: int = 30 * 24 * 3600
 
     @field_validator("allowed_local_roots")
     @classmethod

@@ -10,7 +10,8 @@ the record. Keys (prefix ``ckc:``):
 | ``jobs`` / ``jobs:status:{s}`` / ``jobs:model_type:{t}`` | zset | ids by creation time |
 | ``job:{id}:events`` | stream | status and progress events (SSE replays them) |
 | ``job:{id}:cancel`` | string | cancel flag, polled by the running task |
-| ``idem:{hash}`` / ``idemkey:{key}`` | string | idempotency: normalised request / ``Idempotency-Key`` -> job id |
+| ``idem:{hash}`` / ``idemkey:{key}`` | string | idempotency: the job spec's key / ``Idempotency-Key`` -> job id (TTL) |
+| ``dest:{key}`` | string | the live job writing a destination (released when it ends) |
 | ``workers`` | zset | worker hostname -> last heartbeat |
 | ``metrics:*`` | string/hash | bytes converted, job duration histogram |
 """
@@ -28,6 +29,8 @@ from typing import Any
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
+
+from converter.errors import DestinationBusyError
 
 P = "ckc:"
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -53,25 +56,38 @@ redis.call('HSET', KEYS[1], 'status', ARGV[2])
 for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('ZREM', KEYS[2] .. cur, ARGV[3])
 redis.call('ZADD', KEYS[2] .. ARGV[2], score, ARGV[3])
+if ARGV[2] == 'succeeded' or ARGV[2] == 'failed' or ARGV[2] == 'cancelled' then
+  -- a finished job gives its destination back
+  local claim = redis.call('HGET', KEYS[1], 'dest_claim')
+  if claim and redis.call('GET', claim) == ARGV[3] then redis.call('DEL', claim) end
+end
 return {cur, 1}
 """
 
 
-# KEYS: idempotency key ("" = none). ARGV: id, created_at, model_type, first event, events maxlen, then the
-# record's field/value pairs. Returns {job id, 1 if created else 0}.
+# KEYS: idempotency key ("" = none), destination claim key ("" = none). ARGV: id, created_at, model_type, first
+# event, events maxlen, idempotency TTL, then the record's field/value pairs. Returns {job id, 1 if created, 0 if a
+# live job of the same request exists, 2 if a live job of another request is writing the destination}.
 _CREATE = """
 local id = ARGV[1]
+local function live(job, with_succeeded)
+  local st = redis.call('HGET', 'ckc:job:' .. job, 'status')
+  return st == 'queued' or st == 'running' or (with_succeeded and st == 'succeeded')
+end
 if KEYS[1] ~= '' then
   local old = redis.call('GET', KEYS[1])
-  if old then
-    local st = redis.call('HGET', 'ckc:job:' .. old, 'status')
-    if st == 'queued' or st == 'running' or st == 'succeeded' then return {old, 0} end
-  end
-  redis.call('SET', KEYS[1], id)
+  if old and live(old, true) then return {old, 0} end
 end
+if KEYS[2] ~= '' then
+  local holder = redis.call('GET', KEYS[2])
+  if holder and live(holder, false) then return {holder, 2} end
+  redis.call('SET', KEYS[2], id)
+end
+if KEYS[1] ~= '' then redis.call('SET', KEYS[1], id, 'EX', ARGV[6]) end
 local rec = {}
-for i = 6, #ARGV do rec[#rec + 1] = ARGV[i] end
+for i = 7, #ARGV do rec[#rec + 1] = ARGV[i] end
 redis.call('HSET', 'ckc:job:' .. id, unpack(rec))
+if KEYS[2] ~= '' then redis.call('HSET', 'ckc:job:' .. id, 'dest_claim', KEYS[2]) end
 redis.call('ZADD', 'ckc:jobs', ARGV[2], id)
 redis.call('ZADD', 'ckc:jobs:status:queued', ARGV[2], id)
 if ARGV[3] ~= '' then redis.call('ZADD', 'ckc:jobs:model_type:' .. ARGV[3], ARGV[2], id) end
@@ -142,20 +158,34 @@ def _list_keys(status: str | None, model_type: str | None) -> list[str]:
 
 
 class JobStore:
-    def __init__(self, url_or_client: str | redis.Redis) -> None:
+    def __init__(
+        self,
+        url_or_client: str | redis.Redis,
+        *,
+        idempotency_ttl: int = 24 * 3600,
+        retention: int = 30 * 24 * 3600,
+    ) -> None:
+        """``idempotency_ttl``: how long the same request (or Idempotency-Key) returns the same job;
+        ``retention``: how long a finished job's record is kept (swept as new jobs are created)."""
         if isinstance(url_or_client, str):
             self.r = redis.Redis.from_url(url_or_client, decode_responses=True, **RESILIENT)
         else:
             self.r = url_or_client
+        self.idempotency_ttl, self.retention = idempotency_ttl, retention
         self._transition = self.r.register_script(_TRANSITION)
         self._create = self.r.register_script(_CREATE)
         self._part_progress = self.r.register_script(_PART_PROGRESS)
 
     # --- records ---------------------------------------------------------------------------------------------
 
-    def create(self, fields: Mapping[str, Any], *, idem_hash: str | None = None) -> tuple[str, bool]:
+    def create(
+        self, fields: Mapping[str, Any], *, idem_hash: str | None = None, destination: str | None = None
+    ) -> tuple[str, bool]:
         """Create a queued job; with ``idem_hash``, return ``(existing_id, False)`` if a live job (queued,
-        running or succeeded) has that hash. One round trip (a Lua script), so duplicates are cheap."""
+        running or succeeded) has that hash. ``destination`` (a key naming where the job writes) is claimed until
+        the job ends: :class:`DestinationBusyError` if another live job holds it. One round trip (a Lua script), so
+        duplicates are cheap."""
+        self.sweep()
         job_id = uuid.uuid4().hex
         t = now()
         record = {"id": job_id, "status": "queued", "created_at": repr(t), "attempts": "0"}
@@ -163,10 +193,54 @@ class JobStore:
             record[k] = _dump(v) if k in JSON_FIELDS else str(v)
         mt = str(fields.get("model_type") or "")
         args: list[str] = [job_id, repr(t), mt, _dump({"status": "queued"}), str(EVENTS_MAXLEN)]
+        args.append(str(self.idempotency_ttl))
         for k, v in record.items():
             args += [k, v]
-        existing, created = self._create(keys=[P + "idem:" + idem_hash if idem_hash else ""], args=args)
-        return str(existing), bool(created)
+        keys = [
+            P + "idem:" + idem_hash if idem_hash else "",
+            P + "dest:" + destination if destination else "",
+        ]
+        existing, code = self._create(keys=keys, args=args)
+        if int(code) == 2:
+            raise DestinationBusyError(
+                f"job {existing} is writing that destination now; wait for it to end (or cancel it)",
+                key=str(existing),
+            )
+        return str(existing), bool(int(code))
+
+    def forget_request(self, idem_hash: str, job_id: str) -> None:
+        """Let the same request create a new job (its earlier one succeeded but its output is gone or changed)."""
+        key = P + "idem:" + idem_hash
+        with self.r.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                if pipe.get(key) == job_id:
+                    pipe.multi()
+                    pipe.delete(key)
+                    pipe.execute()
+            except redis.WatchError:
+                pass  # someone else changed it meanwhile: their job is the one to find
+
+    def sweep(self, limit: int = 50) -> int:
+        """Delete records of jobs that finished more than ``retention`` seconds ago (a few per call)."""
+        cutoff = now() - self.retention
+        ids = self.r.zrangebyscore(P + "jobs", "-inf", cutoff, start=0, num=limit)
+        gone = 0
+        for job_id in ids:
+            status, mt, finished = self.r.hmget(P + "job:" + job_id, "status", "model_type", "finished_at")
+            if status is not None and (status not in TERMINAL or float(finished or now()) > cutoff):
+                continue
+            pipe = self.r.pipeline()
+            pipe.delete(*(P + f"job:{job_id}{suffix}" for suffix in ("", ":events", ":parts", ":cancel", ":lock",
+                                                                      ":headers")))  # fmt: skip
+            pipe.zrem(P + "jobs", job_id)
+            for st in STATUSES:
+                pipe.zrem(P + "jobs:status:" + st, job_id)
+            if mt:
+                pipe.zrem(P + "jobs:model_type:" + mt, job_id)
+            pipe.execute()
+            gone += 1
+        return gone
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         raw = self.r.hgetall(P + "job:" + job_id)
@@ -302,7 +376,7 @@ class JobStore:
         else:
             v = (
                 None
-                if self.r.set(k, f"{job_id}:{request_hash}", nx=True, ex=7 * 24 * 3600)
+                if self.r.set(k, f"{job_id}:{request_hash}", nx=True, ex=self.idempotency_ttl)
                 else self.r.get(k)
             )
         if v is None:
@@ -375,3 +449,10 @@ class AsyncJobReader:
         for i in ids:
             pipe.hgetall(P + "job:" + i)
         return [JobStore._decode(raw) for raw in await pipe.execute() if raw], count
+
+
+def store_for(settings: Any) -> JobStore:
+    """The job store of ``settings`` (a :class:`jobs.settings.Settings`): its Redis, TTL and retention."""
+    return JobStore(
+        settings.redis, idempotency_ttl=settings.idempotency_ttl, retention=settings.job_retention
+    )

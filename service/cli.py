@@ -46,6 +46,11 @@ def add_service_commands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--pr", action="store_true", help="publish as a pull request")
     c.add_argument("--private", action="store_true", help="create the destination repo private")
     c.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace what the destination holds (else nothing there is ever replaced)",
+    )
+    c.add_argument(
         "--wait", action="store_true", help="show progress until the job ends; exit 0 only on success"
     )
     c.add_argument(

@@ -70,6 +70,7 @@ def build_request(
     max_shard_size: str,
     pr: bool,
     private: bool,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     if to is None:
         if not pr or source.startswith("/"):
@@ -95,6 +96,8 @@ def build_request(
         body["model_type"] = model_type
     if dtype:
         body["dtype"] = dtype
+    if overwrite:
+        body["overwrite"] = True
     return body
 
 
@@ -463,6 +466,7 @@ def main_submit(a: Any) -> int:
         body = build_request(
             a.source, a.to, revision=a.revision, model_type=a.model_type, reverse=a.reverse, dtype=a.dtype,
             dequantize=a.dequantize, max_shard_size=a.max_shard_size, pr=a.pr, private=a.private,
+            overwrite=a.overwrite,
         )  # fmt: skip
     except ValueError as e:
         say(f"[red]error[/]: {escape(str(e))}")

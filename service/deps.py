@@ -10,12 +10,12 @@ from fastapi import Depends, Header, HTTPException
 
 from jobs.queue import TASK_CONVERT, make_celery
 from jobs.settings import Settings, get_settings
-from jobs.store import JobStore
+from jobs.store import JobStore, store_for
 
 
 @lru_cache
 def _store(url: str) -> JobStore:
-    return JobStore(url)
+    return store_for(get_settings())
 
 
 # Dependencies are async so that FastAPI does not hop to a thread for each of them on every request.

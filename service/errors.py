@@ -63,6 +63,8 @@ STATUS: dict[type[ConversionError], int] = {
     errors.OutputExistsError: 409,
     errors.DestinationBusyError: 409,
     errors.CancelledError: 409,
+    errors.InsufficientSpaceError: 507,
+    errors.OutputTooLargeError: 413,
     errors.HubError: 502,
 }
 

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 from converter.planner import resolve_model_type
 from converter.safetensors_io import parse_size
 from converter.spec import LOCAL, JobSpec
-from converter.storage.local import check_apart
+from converter.storage.local import check_apart, fingerprint
 from jobs.settings import Settings
 from jobs.store import TERMINAL, JobStore, now
 
@@ -55,7 +56,11 @@ def submit(
         "destination": destination_view(spec),
         "idem_hash": spec.key(),
     }
-    job_id, created = store.create(fields, idem_hash=spec.key())
+    job_id, created = store.create(fields, idem_hash=spec.key(), destination=destination_key(spec))
+    if not created and output_changed(store.get(job_id)):
+        # the same request succeeded before, but its output is gone or was changed since: run it again
+        store.forget_request(spec.key(), job_id)
+        job_id, created = store.create(fields, idem_hash=spec.key(), destination=destination_key(spec))
     if idempotency_key:
         hit = store.idempotency_key(idempotency_key, raw_hash, job_id)
         if hit is not None and hit[0] != job_id:  # a concurrent request with the same key won
@@ -82,10 +87,29 @@ def build_spec(req: ConvertRequest, settings: Settings, hf_token: str | None) ->
         raise InvalidRequestError(str(e)) from None
     source, opened = resolve_source(req.source, req.revision, settings, hf_token)
     model_type = resolve_model_type(req.model_type, opened.read_config(), req.source)
-    dest = resolve_destination(req.destination.model_dump(), settings)
+    dest = resolve_destination(req.destination.model_dump(), settings, overwrite=req.overwrite)
     if source.kind == LOCAL and dest.kind == LOCAL:
         check_apart(dest.location, source.location)
     return JobSpec(source, dest, model_type, req.direction, req.dtype, max_shard, req.dequantize)
+
+
+def destination_key(spec: JobSpec) -> str | None:
+    """What a job claims while it writes: a folder, or a repo's branch (a pull request is the job's own)."""
+    d = spec.destination
+    if d.kind == LOCAL:
+        return f"local:{d.location}"
+    return None if d.create_pr else f"hub:{d.location}@{d.revision or 'main'}"
+
+
+def output_changed(rec: dict[str, Any] | None) -> bool:
+    """A succeeded job whose local output folder is gone, or no longer holds what the job wrote."""
+    if not rec or rec.get("status") != "succeeded" or "local_path" not in (rec.get("destination") or {}):
+        return False
+    recorded = (rec.get("result") or {}).get("fingerprint")
+    out = Path(rec["destination"]["local_path"])
+    if not out.is_dir():
+        return True
+    return recorded is not None and fingerprint(out) != recorded
 
 
 def destination_view(spec: JobSpec) -> dict[str, Any]:

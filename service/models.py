@@ -65,6 +65,11 @@ class ConvertRequest(BaseModel):
     dequantize: bool = Field(False, description="dequantize pre-quantized (FP8/MXFP4) checkpoints to bf16")
     max_shard_size: str = Field("5GB", description="largest output shard, e.g. 5GB, 500MB, 2GiB")
     destination: HubDestination | LocalDestination
+    overwrite: bool = Field(
+        False,
+        description="replace what the destination holds (a non-empty folder, a repo branch with weights); the old "
+        "content is removed only after the new one is in place. Without it, nothing there is ever replaced.",
+    )
 
 
 class Progress(BaseModel):

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from converter.errors import CancelledError, ConversionError
 from converter.executor import ConversionResult, Progress
 from converter.job import CheckpointHeaders, ConversionJob
 from converter.storage import ShardWritten
+from converter.storage.local import fingerprint
 from jobs.running import Reporter, best_effort, cancel_poller, job_lock, until_redis_is_back
 from jobs.settings import Settings
 from jobs.spec import spec_of
@@ -33,7 +36,8 @@ class WorkerLostError(ConversionError):
 def conversion_job(rec: dict[str, Any], settings: Settings, token: str | None, **kw: Any) -> ConversionJob:
     return ConversionJob(
         spec_of(rec), token=token, endpoint=settings.hf_endpoint, tag=rec["id"],
-        max_bytes_per_second=settings.max_bytes_per_second or None, roots=settings.local_roots, **kw,
+        max_bytes_per_second=settings.max_bytes_per_second or None, roots=settings.local_roots,
+        max_output_bytes=settings.max_output_bytes or None, **kw,
     )  # fmt: skip
 
 
@@ -60,6 +64,11 @@ class Attempt:
         return status if ok else str((self.store.get(self.job_id) or {}).get("status", "missing"))
 
     def succeed(self, result: dict[str, Any]) -> str:
+        dest = spec_of(self.rec).destination
+        if dest.kind == "local" and os.path.isdir(result.get("output") or ""):
+            result["fingerprint"] = fingerprint(
+                Path(result["output"])
+            )  # a resubmission checks it is still there
         status = self.finish("succeeded", result=result)
         if status == "succeeded" and result.get("bytes_written"):
             started = float(self.rec.get("started_at") or now())

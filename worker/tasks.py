@@ -17,7 +17,7 @@ from celery import chord, signals
 from jobs.queue import TASK_CONVERT, TASK_FINISH, TASK_PART
 from jobs.running import JobBusy, start_heartbeat
 from jobs.settings import get_settings
-from jobs.store import JobStore
+from jobs.store import JobStore, store_for
 
 from .app import app
 from .run import finish_parts, run_job, run_part
@@ -25,7 +25,7 @@ from .run import finish_parts, run_job, run_part
 
 @functools.cache
 def store() -> JobStore:
-    return JobStore(get_settings().redis)
+    return store_for(get_settings())
 
 
 def hostname() -> str:

@@ -24,6 +24,7 @@ from .base import (
     ShardWritten,
     Sink,
     Source,
+    SpaceAware,
     split_other_files,
     unwrap,
 )
@@ -91,11 +92,12 @@ def open_sink(
             card=card,
             pr_revision=pr_revision,
             base_model=getattr(unwrap(source), "repo_id", None) if source is not None else None,
+            overwrite=destination.overwrite,
         )
     inner = unwrap(source) if source is not None else None
     root = inner.root if isinstance(inner, LocalSource) else None
     return LocalSink(
-        destination.location, overwrite=destination.overwrite, source_root=root, tag=tag, key=key
+        destination.location, overwrite=destination.overwrite, source_root=root, tag=tag, key=key, roots=roots
     )
 
 
@@ -110,6 +112,7 @@ __all__ = [
     "ShardWritten",
     "Sink",
     "Source",
+    "SpaceAware",
     "open_sink",
     "open_source",
     "split_other_files",

@@ -106,6 +106,15 @@ class PartsSink(Sink, Protocol):
     def add_written(self, shard: ShardWritten) -> None: ...  # a shard another process wrote
 
 
+@runtime_checkable
+class SpaceAware(Protocol):
+    """A sink that knows how much room it has: checked before the first byte is written."""
+
+    def free_bytes(self) -> int: ...
+
+    def bytes_needed(self, shard_sizes: list[int]) -> int: ...  # at the fullest moment of the run
+
+
 def is_weight_file(name: str) -> bool:
     """Weights (any format) or a weights index: never copied as an "other" file (it would be stale)."""
     if name.endswith(WEIGHT_SUFFIXES):

@@ -19,6 +19,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from ..checkpoint import BIN_INDEX_NAME
+from ..errors import OutputExistsError
+from ..pytorch_bin import is_bin_checkpoint_name
 from ..safetensors_io import INDEX_NAME
 from .base import ShardWritten, Source, file_size, unwrap
 from .hub_adapter import is_lfs, upload_record, uploaded_addition
@@ -53,6 +56,7 @@ class HubSink:
         workdir: str | os.PathLike[str] | None = None,
         pr_revision: str | None = None,
         base_model: str | None = None,
+        overwrite: bool = False,
     ) -> None:
         """``pr_revision`` (``refs/pr/N``): the pull request found by :meth:`begin` in another process.
         ``base_model``: the source repo, recorded in the model card's front matter (``base_model:``) so the Hub
@@ -66,12 +70,19 @@ class HubSink:
         self.ops: list[Any] = []
         self.pr_revision: str | None = pr_revision
         self.base_model = base_model if base_model != repo_id else None
+        self.overwrite = overwrite
 
     def begin(self) -> None:
         from huggingface_hub import errors as hf
 
         try:
             self.api.create_repo(self.repo_id, private=self.private, exist_ok=True)
+            if not self.create_pr and not self.overwrite and self._weights_at(self.revision):
+                raise OutputExistsError(
+                    f"{self.repo_id}@{self.revision} already holds weights; pass overwrite to replace them (or "
+                    "publish as a pull request)",
+                    file=self.repo_id,
+                )
             if self.create_pr and self.pr_key:
                 for d in self.api.get_repo_discussions(
                     self.repo_id, discussion_type="pull_request", discussion_status="open"
@@ -146,6 +157,15 @@ class HubSink:
             path.unlink()  # uploaded: the commit only needs its sha256 and size
         self.ops.append(op)
         return info
+
+    def free_bytes(self) -> int:
+        """Free space where shards are written before they are uploaded."""
+        st = os.statvfs(self.workdir or tempfile.gettempdir())
+        return st.f_bavail * st.f_frsize
+
+    def bytes_needed(self, shard_sizes: list[int]) -> int:
+        """A shard is deleted once pre-uploaded: about one at a time."""
+        return max(shard_sizes, default=0)
 
     def write_bytes(self, name: str, data: bytes) -> None:
         from huggingface_hub import CommitOperationAdd
@@ -228,17 +248,23 @@ class HubSink:
         source's own shards when converting in a pull request on it, or an earlier conversion's extra shards):
         the result must hold one consistent checkpoint, not two layouts mixed."""
         from huggingface_hub import CommitOperationDelete
-        from huggingface_hub import errors as hf
 
         written = {op.path_in_repo for op in self.ops}
+        return [CommitOperationDelete(path_in_repo=f) for f in self._weights_at(revision) if f not in written]
+
+    def _weights_at(self, revision: str) -> list[str]:
+        """The transformers checkpoint files at ``revision`` (safetensors or ``.bin``, with their index)."""
+        from huggingface_hub import errors as hf
+
         try:
             existing = self.api.list_repo_files(self.repo_id, revision=revision)
         except (hf.RevisionNotFoundError, hf.RepositoryNotFoundError):
             return []
         return [
-            CommitOperationDelete(path_in_repo=f)
+            f
             for f in existing
-            if "/" not in f and (f.endswith(".safetensors") or f == INDEX_NAME) and f not in written
+            if "/" not in f
+            and (f.endswith(".safetensors") or f in (INDEX_NAME, BIN_INDEX_NAME) or is_bin_checkpoint_name(f))
         ]
 
     def abort(self) -> None:

@@ -230,7 +230,7 @@ class LocalSink:
     def _stat_final(self) -> os.stat_result | None:
         try:
             parent = self._parent_fd()
-        except CheckpointError:
+        except (CheckpointError, FileNotFoundError):
             return None  # no parent yet: nothing there
         try:
             return os.stat(self.name, dir_fd=parent, follow_symlinks=False)
@@ -330,6 +330,10 @@ class LocalSink:
         """Free space on the destination's filesystem, for the caller's check before writing."""
         st = os.statvfs(self._parent_fd(create=True))
         return st.f_bavail * st.f_frsize
+
+    def bytes_needed(self, shard_sizes: list[int]) -> int:
+        """Every shard stays in the staging folder until the commit."""
+        return sum(shard_sizes)
 
     def holds(self, source: Source) -> bool:
         return False  # an output folder overlapping the source is refused when the sink is made
