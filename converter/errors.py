@@ -122,6 +122,10 @@ class OutputTooLargeError(ConversionError):
     """The planned output is larger than the configured cap (``CKPT_CONVERT_MAX_OUTPUT_BYTES``)."""
 
 
+class SourceChangedError(CheckpointError):
+    """The source's files changed between the job's submission and its run (it would convert something else)."""
+
+
 class OverlappingPathsError(ConversionError):
     """The output folder is, contains or is inside the source folder."""
 

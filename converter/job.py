@@ -20,12 +20,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConversionError, InsufficientSpaceError, OutputTooLargeError
+from .errors import ConversionError, InsufficientSpaceError, OutputTooLargeError, SourceChangedError
 from .executor import ConversionResult, Meter, ProgressCallback, card_info, execute, publish, write_shards
 from .planner import Plan, plan
 from .safetensors_io import CheckpointIndex
-from .spec import DestinationSpec, JobSpec, SourceSpec
-from .storage import CachedSource, PartsSink, ShardWritten, Sink, Source, SpaceAware, open_sink, open_source
+from .spec import LOCAL, DestinationSpec, JobSpec, SourceSpec
+from .storage import (
+    CachedSource,
+    LocalSource,
+    PartsSink,
+    ShardWritten,
+    Sink,
+    Source,
+    SpaceAware,
+    open_sink,
+    open_source,
+)
 
 
 @dataclass(frozen=True)
@@ -77,8 +87,20 @@ class ConversionJob:
     @property
     def headers(self) -> CheckpointHeaders:
         if self._headers is None:
+            self._check_unchanged()
             self._headers = CheckpointHeaders(self.source.read_index(), self.source.read_config())
         return self._headers
+
+    def _check_unchanged(self) -> None:
+        """A local source fingerprinted at submit must still be the same files (what the job was keyed on)."""
+        src = self.spec.source
+        if src.kind == LOCAL and src.sha and isinstance(self.source, LocalSource):
+            now = self.source.folder.fingerprint()
+            if now != src.sha:
+                raise SourceChangedError(
+                    f"source {src.location} changed since the job was submitted; submit it again",
+                    file=src.location,
+                )
 
     @property
     def planned_source(self) -> Source:

@@ -6,14 +6,12 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from converter.confine import locate
 from converter.errors import UnsafePathError
 from converter.spec import HUB, LOCAL, DestinationSpec, SourceSpec, parse_hub_url
 from converter.storage import LocalSource, Source, open_source
-from converter.storage.local import fingerprint
 from jobs.settings import Settings
 
 from .errors import ForbiddenPathError, InvalidRequestError, SourceNotFoundError
@@ -83,7 +81,7 @@ def resolve_source(
         if not os.path.isdir(folder):
             raise SourceNotFoundError(f"source folder {source} does not exist")
         opened = LocalSource(folder, roots=settings.local_roots)
-        return SourceSpec(LOCAL, folder, sha=fingerprint(Path(folder))), opened
+        return SourceSpec(LOCAL, folder, sha=opened.folder.fingerprint()), opened
     repo, named = parse_repo_ref(source, settings)
     if named is not None:
         if revision not in ("main", named):

@@ -4,7 +4,6 @@ into a hidden sibling and renamed into place in one step (:class:`LocalSink`).""
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
 import shutil
@@ -49,15 +48,10 @@ def check_apart(output: str | os.PathLike[str], source: str | os.PathLike[str]) 
         )
 
 
-def fingerprint(folder: Path) -> str:
-    """A local checkpoint's content fingerprint from its files' names, sizes and modification times (16 hex
-    digits): the same folder, unchanged, has the same fingerprint."""
-    h = hashlib.sha256()
-    for p in sorted(folder.iterdir()):
-        if p.is_file():
-            st = p.stat()
-            h.update(f"{p.name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return h.hexdigest()[:16]
+def fingerprint(folder: str | os.PathLike[str]) -> str:
+    """A local checkpoint's content fingerprint (:meth:`converter.confine.Folder.fingerprint`)."""
+    with Folder(folder) as f:
+        return f.fingerprint()
 
 
 class LocalReader:
