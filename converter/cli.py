@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -121,7 +122,7 @@ def cmd_convert(a: argparse.Namespace) -> int:
         def on_progress(ev: Any) -> None:
             bar.update(task, completed=ev.bytes_done, description=ev.phase)
 
-        result = execute(p, src, sink, progress=on_progress)
+        result = execute(p, src, sink, progress=on_progress, device=a.device)
     if a.verify:
         from .verifier import verify
 
@@ -417,6 +418,13 @@ def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.Argume
     )
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     c.add_argument("--dequantize", action="store_true", help=DEQUANTIZE_HELP)
+    c.add_argument(
+        "--device",
+        # the environment variable is read here only: the library takes the device as an argument
+        default=os.environ.get("CKPT_CONVERT_DEVICE"),
+        help="where arithmetic ops (cast, transpose, dequantize) run: auto (default: a GPU when torch sees one), "
+        "cpu, cuda, cuda:N; same bytes on any (default: $CKPT_CONVERT_DEVICE, else auto)",
+    )
     c.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("plan", help="show what a conversion would do, from the headers alone")

@@ -30,11 +30,12 @@ from .errors import (
     UnconvertedTensorError,
     UnsupportedError,
 )
+from .kernels import cast
 from .layout import Piece, VirtualTensor, from_file
 from .rules import get_entry, rules_for
 from .rules.core import Convert, Rename, Rule, RuleSet, fill_stars, keep_fp32_matches, template_body
 from .rules.describe import described
-from .rules.ops import OpContext, Slot, cast
+from .rules.ops import OpContext, Slot
 from .rules.quantization import (
     check_fp8_scales_follow,
     dequantize_tensors,
