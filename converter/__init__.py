@@ -30,6 +30,7 @@ _EXPORTS = {
     "Plan": "planner",
     "PlannedTensor": "planner",
     "plan": "planner",
+    "Direction": "rules",
     "RuleSet": "rules",
     "model_types": "rules",
     "rules_for": "rules",
@@ -48,7 +49,7 @@ if TYPE_CHECKING:
     from .errors import ConversionError
     from .executor import ConversionResult, Progress, convert, execute
     from .planner import Plan, PlannedTensor, plan
-    from .rules import RuleSet, model_types, rules_for
+    from .rules import Direction, RuleSet, model_types, rules_for
     from .verifier import verify
 
 
@@ -69,6 +70,7 @@ __all__ = [
     "MODELS_REQUIRING_TENSOR_MERGING",
     "ConversionError",
     "ConversionResult",
+    "Direction",
     "Plan",
     "PlannedTensor",
     "Progress",

@@ -21,7 +21,7 @@ from . import __version__
 from .errors import ConversionError
 from .planner import DEFAULT_MAX_SHARD_SIZE, Plan, plan, resolve_model_type
 from .rules import get_entry, model_types, rules_for
-from .rules.core import Convert
+from .rules.core import Convert, Direction
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -123,7 +123,7 @@ def cmd_convert(a: argparse.Namespace) -> int:
     from .executor import card_info, execute
     from .storage import open_sink, open_source
 
-    direction = "reverse" if a.reverse else "forward"
+    direction = Direction.REVERSE if a.reverse else Direction.FORWARD
     src = open_source(a.source)
     p = plan(
         src,
@@ -199,7 +199,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
     p = plan(
         a.source,
         model_type=a.model_type,
-        direction="reverse" if a.reverse else "forward",
+        direction=Direction.REVERSE if a.reverse else Direction.FORWARD,
         dtype=a.dtype,
         max_shard_size=a.max_shard_size,
         dequantize=a.dequantize,
@@ -234,7 +234,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
 def cmd_rules(a: argparse.Namespace) -> int:
     from rich.table import Table
 
-    direction = "reverse" if a.reverse else "forward"
+    direction = Direction.REVERSE if a.reverse else Direction.FORWARD
     config = _read_config_arg(a.config) if a.config else None
     if a.model_type is None and config is not None:
         a.model_type = resolve_model_type(None, config, a.config)
@@ -377,7 +377,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     rep = verify(result.plan, LocalSource(published), result.output)
     _out().print(f"verified: {rep.tensors} tensors equal their plan byte for byte")
     t0 = time.monotonic()
-    back = convert(result.output, work / "roundtrip", direction="reverse", overwrite=True)
+    back = convert(result.output, work / "roundtrip", direction=Direction.REVERSE, overwrite=True)
     same = _same_tensors(published, Path(back.output))
     _out().print(
         f"reverse: {back.output} in {time.monotonic() - t0:.2f} s; round trip "

@@ -27,6 +27,7 @@ from .kernels import check_device, resolve_device
 from .layout import Computed, Piece, VirtualTensor
 from .planner import DEFAULT_MAX_SHARD_SIZE, Plan, plan
 from .rules import RULES_VERSION
+from .rules.core import Direction
 from .safetensors_io import INDEX_NAME, encode_header
 from .storage import Reader, Sink, Source, open_sink, open_source
 
@@ -411,7 +412,7 @@ def convert(
     output: str | os.PathLike[str] | Sink,
     *,
     model_type: str | None = None,
-    direction: str = "forward",
+    direction: Direction | str = Direction.FORWARD,
     dtype: str | None = None,
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
     overwrite: bool = False,

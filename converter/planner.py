@@ -33,7 +33,16 @@ from .errors import (
 from .kernels import cast
 from .layout import Piece, VirtualTensor, from_file
 from .rules import get_entry, rules_for
-from .rules.core import Convert, Rename, Rule, RuleSet, fill_stars, keep_fp32_matches, template_body
+from .rules.core import (
+    Convert,
+    Direction,
+    Rename,
+    Rule,
+    RuleSet,
+    fill_stars,
+    keep_fp32_matches,
+    template_body,
+)
 from .rules.describe import described
 from .rules.ops import OpContext, Slot
 from .rules.quantization import (
@@ -114,7 +123,7 @@ class PlannedShard:
 class Plan:
     source: str
     model_type: str
-    direction: str
+    direction: Direction
     dtype: str | None
     ruleset: RuleSet
     tensors: list[PlannedTensor]
@@ -283,7 +292,7 @@ def build_tensors(
     """Apply ``rules`` to every tensor of ``index`` (or to ``tensors``, e.g. dequantized ones); returns the
     output tensors in natural name order. ``applied`` receives the rules that changed a name or merged tensors,
     in rule order."""
-    forward = rules.direction == "forward"
+    forward = rules.direction == Direction.FORWARD
     inputs = source_tensors(index) if tensors is None else tensors
     rules = rules.bind(inputs)
     outputs: dict[str, PlannedTensor] = {}
@@ -425,7 +434,7 @@ def plan(
     source: str | os.PathLike[str] | Source,
     *,
     model_type: str | None = None,
-    direction: str = "forward",
+    direction: Direction | str = Direction.FORWARD,
     dtype: str | None = None,
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
     config: Mapping[str, Any] | None = None,
@@ -444,6 +453,7 @@ def plan(
     would make the output wrong, including names that do not belong to a model of this type
     (:class:`~converter.errors.LayoutMismatchError`; ``check_layout=False`` skips that check, at your own risk).
     """
+    direction = Direction(direction)
     src = open_source(source)
     if config is None:
         config = src.read_config()
@@ -474,12 +484,11 @@ def plan(
     tensors = build_tensors(index, rules, config=config, dtype=d, tensors=inputs, applied=applied)
     if quant is not None and quant.method == "fp8" and not dequantize:
         check_fp8_scales_follow(tensors, rules)
-    model_side = [t.name for t in tensors] if direction == "forward" else list(index.tensors)
+    forward = direction == Direction.FORWARD
+    model_side = [t.name for t in tensors] if forward else list(index.tensors)
     if check_layout:
-        check_model_layout(
-            model_side, mt, src, where="output" if direction == "forward" else "input", config=config
-        )
-    if direction == "forward":
+        check_model_layout(model_side, mt, src, where="output" if forward else "input", config=config)
+    if forward:
         check_nothing_left(tensors, rules)
     if d is not None:
         output_config = config_with_dtype(output_config or config, d)
@@ -597,7 +606,7 @@ def check_dangling(index: CheckpointIndex, rules: RuleSet) -> None:
     """An index entry pointing to no tensor is tolerated (a warning), unless a converter needs it: merging the
     experts that exist would silently give a smaller or shifted stack."""
     for name, file in sorted(index.dangling.items(), key=lambda kv: natural_key(kv[0])):
-        renamed = rules.rename(name) if rules.direction == "forward" else name
+        renamed = rules.rename(name) if rules.direction == Direction.FORWARD else name
         hit = rules.find_converter(renamed)
         if hit is not None:
             ci, _, m = hit

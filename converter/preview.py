@@ -10,14 +10,14 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from .rules import rules_for
-from .rules.core import template_body
+from .rules.core import Direction, template_body
 
 
 def preview(
     names: Iterable[str],
     model_type: str,
     *,
-    direction: str = "forward",
+    direction: Direction | str = Direction.FORWARD,
     config: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """For each name: the output name(s), how (``copy``/``rename``/``convert``) and the converter that applies.
@@ -26,7 +26,7 @@ def preview(
     a tensor split into experts (reverse direction) lists templates with ``*`` for the expert index.
     """
     rules = rules_for(model_type, direction=direction, config=config)
-    forward = direction == "forward"
+    forward = Direction(direction) == Direction.FORWARD
     out: list[dict[str, Any]] = []
     for name in names:
         renamed = rules.rename(name) if forward else name

@@ -12,6 +12,7 @@ family module: the registry imports each when one of its model types is first lo
 
 from .core import (
     Convert,
+    Direction,
     RegexRename,
     Rename,
     RenameGroup,
@@ -65,6 +66,7 @@ __all__ = [
     "Concat",
     "Conv3dToLinear",
     "Convert",
+    "Direction",
     "ErnieFuseAndSplitTextVisionExperts",
     "ErnieSplitAndDecoupleTextVisionExperts",
     "Fp8Dequantize",

@@ -23,7 +23,19 @@ from typing import Any, Generic, TypeVar
 
 from ..errors import UnknownModelTypeError, UnsupportedError
 from . import index
-from .core import Convert, RegexRename, Rename, RenameGroup, Rule, RuleSet, Scope, applies, config_get, scoped
+from .core import (
+    Convert,
+    Direction,
+    RegexRename,
+    Rename,
+    RenameGroup,
+    Rule,
+    RuleSet,
+    Scope,
+    applies,
+    config_get,
+    scoped,
+)
 from .legacy import LEGACY
 from .tables import auto_class, head_class, known_model_types
 from .tables import submodels as table_submodels
@@ -414,19 +426,18 @@ def build_ruleset(
     model_type: str,
     rules: Iterable[Rule],
     *,
-    direction: str = "forward",
+    direction: Direction | str = Direction.FORWARD,
     config: Mapping[str, Any] | None = None,
     keep_fp32: Iterable[str] = (),
     keep_fp32_for_fp16: Iterable[str] = (),
 ) -> RuleSet:
     """Split rules into renames and converters, drop those whose ``when`` excludes ``config``, and invert them
     for ``direction="reverse"``."""
-    if direction not in ("forward", "reverse"):
-        raise ValueError(f"direction must be 'forward' or 'reverse', not {direction!r}")
+    direction = Direction(direction)
     active = [r for r in rules if applies(r, config)]
     renames = [r for r in active if isinstance(r, (Rename, RenameGroup, RegexRename))]
     converters = [r for r in active if isinstance(r, Convert)]
-    if direction == "reverse":
+    if direction == Direction.REVERSE:
         renames = [r.reversed() for r in reversed(renames) if r.reversible]
         converters = [c.reversed() for c in converters]
     return RuleSet(
@@ -442,7 +453,7 @@ def build_ruleset(
 def rules_for(
     model_type: str,
     *,
-    direction: str = "forward",
+    direction: Direction | str = Direction.FORWARD,
     config: Mapping[str, Any] | None = None,
     add_legacy: bool = True,
     key_mapping: Mapping[str, str] | None = None,
