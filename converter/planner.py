@@ -32,6 +32,7 @@ from .errors import (
 )
 from .kernels import cast
 from .layout import Piece, VirtualTensor, from_file
+from .naming import output_name, place, route
 from .rules import get_entry, rules_for
 from .rules.core import (
     Convert,
@@ -39,9 +40,7 @@ from .rules.core import (
     Rename,
     Rule,
     RuleSet,
-    fill_stars,
     keep_fp32_matches,
-    template_body,
 )
 from .rules.describe import described
 from .rules.ops import OpContext, Slot
@@ -205,10 +204,6 @@ class Plan:
         }
 
 
-def _display(prefix: str, template: str, suffix: str, index: int | None = None) -> str:
-    return prefix + (fill_stars(template, [index]) if index is not None else template_body(template)) + suffix
-
-
 @dataclass
 class _Group:
     """Tensors collected for one Convert at one place (prefix/suffix around the matched pattern)."""
@@ -230,13 +225,13 @@ def _build_slots(g: _Group, conv: Convert) -> list[Slot]:
         entries = g.slots.get(si)
         if not entries:
             raise MissingSourceError(
-                f"{present} needs a matching {_display(g.prefix, src, g.suffix)}, which the checkpoint lacks",
-                key=_display(g.prefix, src, g.suffix),
+                f"{present} needs a matching {place(g.prefix, src, g.suffix)}, which the checkpoint lacks",
+                key=place(g.prefix, src, g.suffix),
             )
         if "*" not in src:
             if len(entries) > 1:
                 raise TargetCollisionError(
-                    f"{entries[0][1]} and {entries[1][1]} both map to {_display(g.prefix, src, g.suffix)}",
+                    f"{entries[0][1]} and {entries[1][1]} both map to {place(g.prefix, src, g.suffix)}",
                     key=entries[1][1],
                 )
             slots.append(entries[0][2])
@@ -246,7 +241,7 @@ def _build_slots(g: _Group, conv: Convert) -> list[Slot]:
             assert idx is not None
             if idx in by_index:
                 raise DuplicateExpertError(
-                    f"expert {idx} of {_display(g.prefix, src, g.suffix)} appears twice: {by_index[idx][0]} and {name}",
+                    f"expert {idx} of {place(g.prefix, src, g.suffix)} appears twice: {by_index[idx][0]} and {name}",
                     key=name,
                 )
             by_index[idx] = (name, vt)
@@ -254,9 +249,9 @@ def _build_slots(g: _Group, conv: Convert) -> list[Slot]:
         missing = [i for i in range(n) if i not in by_index]
         if missing:
             raise MissingExpertError(
-                f"expert {missing[0]} is missing: no {_display(g.prefix, src, g.suffix, missing[0])} "
+                f"expert {missing[0]} is missing: no {place(g.prefix, src, g.suffix, missing[0])} "
                 f"(found {len(by_index)} experts with indices up to {n - 1})",
-                key=_display(g.prefix, src, g.suffix, missing[0]),
+                key=place(g.prefix, src, g.suffix, missing[0]),
             )
         counts[si] = n
         slots.append([by_index[i][1] for i in range(n)])
@@ -265,9 +260,9 @@ def _build_slots(g: _Group, conv: Convert) -> list[Slot]:
         si = min(counts, key=lambda k: counts[k])
         src = conv.sources[si]
         raise MissingExpertError(
-            f"{_display(g.prefix, src, g.suffix)} has {counts[si]} experts but other projections have {most}: "
-            f"no {_display(g.prefix, src, g.suffix, counts[si])}",
-            key=_display(g.prefix, src, g.suffix, counts[si]),
+            f"{place(g.prefix, src, g.suffix)} has {counts[si]} experts but other projections have {most}: "
+            f"no {place(g.prefix, src, g.suffix, counts[si])}",
+            key=place(g.prefix, src, g.suffix, counts[si]),
         )
     return slots
 
@@ -292,7 +287,6 @@ def build_tensors(
     """Apply ``rules`` to every tensor of ``index`` (or to ``tensors``, e.g. dequantized ones); returns the
     output tensors in natural name order. ``applied`` receives the rules that changed a name or merged tensors,
     in rule order."""
-    forward = rules.direction == Direction.FORWARD
     inputs = source_tensors(index) if tensors is None else tensors
     rules = rules.bind(inputs)
     outputs: dict[str, PlannedTensor] = {}
@@ -317,24 +311,20 @@ def build_tensors(
 
     for name in sorted(inputs, key=natural_key):
         vt = inputs[name]
-        renamed = rename(name) if forward else name
-        hit = rules.find_converter(renamed)
-        if hit is None:
-            out = renamed if forward else rename(name)
-            add(out, vt, ("copy" if out == name else "rename") if vt.is_copy else "convert")
+        r = route(rules, name, rename)
+        if r.converter is None:
+            assert r.output is not None
+            add(r.output, vt, ("copy" if r.output == name else "rename") if vt.is_copy else "convert")
             continue
-        ci, si, m = hit
-        stars = [int(x) for x in m.groups()]
-        if len(stars) > 1:
+        if len(r.stars) > 1:
             raise UnsupportedError(f"{name}: converter patterns with several '*' are not supported", key=name)
-        key = (ci, renamed[: m.start()], renamed[m.end() :])
-        g = groups.setdefault(key, _Group(ci, key[1], key[2]))
-        g.slots[si].append((stars[0] if stars else None, name, vt))
+        g = groups.setdefault((r.converter, r.prefix, r.suffix), _Group(r.converter, r.prefix, r.suffix))
+        g.slots[r.slot].append((r.stars[0] if r.stars else None, name, vt))
 
     for (ci, prefix, suffix), g in sorted(groups.items(), key=lambda kv: natural_key(kv[0][1] + kv[0][2])):
         conv = rules.converters[ci]
         used.add(id(conv))
-        label = _display(prefix, conv.targets[0].replace("*", "0"), suffix)
+        label = place(prefix, conv.targets[0].replace("*", "0"), suffix)
         ctx = OpContext(label, len(conv.targets), config, conv.sources, conv.targets)
         slots = _build_slots(g, conv)
         for op in conv.ops:
@@ -348,8 +338,7 @@ def build_tensors(
             for idx, vt in items:
                 if (idx is None) != ("*" not in target):
                     raise ShapeError(f"{label}: target {target!r} and op outputs disagree on '*'", key=label)
-                out = _display(prefix, target, suffix, idx)
-                out = out if forward else rename(out)
+                out = output_name(rules, prefix, target, suffix, idx, rename)
                 add(out, vt, "copy" if _unchanged(index, out, vt) else "convert", ci)
 
     result = [outputs[k] for k in sorted(outputs, key=natural_key)]
@@ -606,11 +595,9 @@ def check_dangling(index: CheckpointIndex, rules: RuleSet) -> None:
     """An index entry pointing to no tensor is tolerated (a warning), unless a converter needs it: merging the
     experts that exist would silently give a smaller or shifted stack."""
     for name, file in sorted(index.dangling.items(), key=lambda kv: natural_key(kv[0])):
-        renamed = rules.rename(name) if rules.direction == Direction.FORWARD else name
-        hit = rules.find_converter(renamed)
-        if hit is not None:
-            ci, _, m = hit
-            target = _display(renamed[: m.start()], rules.converters[ci].targets[0], renamed[m.end() :])
+        r = route(rules, name)
+        if r.converter is not None:
+            target = place(r.prefix, rules.converters[r.converter].targets[0], r.suffix)
             raise MissingExpertError(
                 f"{index.index_file} lists {name} in {file}, but no shard holds it; {target} cannot be built "
                 "without it",
