@@ -214,14 +214,14 @@ def cmd_plan(a: argparse.Namespace) -> int:
         return 0
     from rich.table import Table
 
-    changed = [t for t in p.tensors if t.how != "copy"]
+    changed = [t for t in p.tensors if not t.kept]
     t = Table(title=f"{len(changed)} tensor(s) change", show_lines=False)
     for col in ("output", "dtype", "shape", "how", "from"):
         t.add_column(col)
     shown = changed if a.all else changed[:25]
     for x in shown:
         src = x.sources[0] if len(x.sources) == 1 else f"{len(x.sources)} tensors: {x.sources[0]}, ..."
-        t.add_row(x.name, x.dtype, str(list(x.shape)), x.how, src)
+        t.add_row(x.name, x.dtype, str(list(x.shape)), x.label, src)
     _out().print(t)
     if len(shown) < len(changed):
         _out().print(f"... and {len(changed) - len(shown)} more (--all shows every one, --json everything)")

@@ -16,9 +16,11 @@ import os
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any
 
+from . import kernels
 from .errors import (
     CheckpointError,
     DuplicateExpertError,
@@ -30,7 +32,6 @@ from .errors import (
     UnconvertedTensorError,
     UnsupportedError,
 )
-from .kernels import cast
 from .layout import Piece, VirtualTensor, from_file
 from .naming import output_name, place, route
 from .rules import get_entry, rules_for
@@ -64,15 +65,34 @@ def natural_key(name: str) -> tuple[Any, ...]:
     return tuple(int(p) if p.isdigit() else p for p in _DIGITS.split(name))
 
 
+class How(StrEnum):
+    """How an output tensor was made from the source's."""
+
+    COPY = "copy"  #: the source tensor, same name
+    RENAME = "rename"  #: the source tensor under another name
+    CONVERT = "convert"  #: merged, split or reshaped by a Convert rule (or dequantized)
+
+
 @dataclass
 class PlannedTensor:
     """One output tensor: its name, dtype, shape and the byte pieces (file ranges or computed) that form it."""
 
     name: str
     tensor: VirtualTensor
-    #: how it was made: "copy" (unchanged), "rename", "convert" (merged/split by a Convert rule), "+cast"
-    how: str
+    how: How
     rule: int | None = None  # index of the Convert in the RuleSet, if any
+    #: also cast to another dtype (``--dtype``)
+    cast: bool = False
+
+    @property
+    def label(self) -> str:
+        """``how``, ``+cast`` when cast, as plans show it: ``"convert+cast"``."""
+        return f"{self.how}+cast" if self.cast else str(self.how)
+
+    @property
+    def kept(self) -> bool:
+        """The source's tensor as it is: same name, same bytes."""
+        return self.how == How.COPY and not self.cast
 
     @property
     def dtype(self) -> str:
@@ -100,7 +120,7 @@ class PlannedTensor:
             "dtype": self.dtype,
             "shape": list(self.shape),
             "nbytes": self.nbytes,
-            "how": self.how,
+            "how": self.label,
             "sources": list(self.sources),
         }
         if pieces:
@@ -151,7 +171,7 @@ class Plan:
         return (
             self.output_config is None
             and self.source_index.format == "safetensors"
-            and all(t.how == "copy" for t in self.tensors)
+            and all(t.kept for t in self.tensors)
         )
 
     @property
@@ -165,8 +185,8 @@ class Plan:
     def counts(self) -> dict[str, int]:
         c: dict[str, int] = defaultdict(int)
         for t in self.tensors:
-            c[t.how.split("+")[0]] += 1
-            if "+cast" in t.how:
+            c[t.how.value] += 1
+            if t.cast:
                 c["cast"] += 1
         return dict(c)
 
@@ -301,7 +321,7 @@ def build_tensors(
                 name = new
         return name
 
-    def add(name: str, vt: VirtualTensor, how: str, rule: int | None = None) -> None:
+    def add(name: str, vt: VirtualTensor, how: How, rule: int | None = None) -> None:
         if name in outputs:
             a, b = outputs[name].sources, vt.origins
             raise TargetCollisionError(
@@ -314,7 +334,7 @@ def build_tensors(
         r = route(rules, name, rename)
         if r.converter is None:
             assert r.output is not None
-            add(r.output, vt, ("copy" if r.output == name else "rename") if vt.is_copy else "convert")
+            add(r.output, vt, (How.COPY if r.output == name else How.RENAME) if vt.is_copy else How.CONVERT)
             continue
         if len(r.stars) > 1:
             raise UnsupportedError(f"{name}: converter patterns with several '*' are not supported", key=name)
@@ -339,7 +359,7 @@ def build_tensors(
                 if (idx is None) != ("*" not in target):
                     raise ShapeError(f"{label}: target {target!r} and op outputs disagree on '*'", key=label)
                 out = output_name(rules, prefix, target, suffix, idx, rename)
-                add(out, vt, "copy" if _unchanged(index, out, vt) else "convert", ci)
+                add(out, vt, How.COPY if _unchanged(index, out, vt) else How.CONVERT, ci)
 
     result = [outputs[k] for k in sorted(outputs, key=natural_key)]
     if applied is not None:
@@ -368,7 +388,7 @@ def _cast(t: PlannedTensor, dtype: str, rules: RuleSet) -> PlannedTensor:
     target = "F32" if dtype in ("BF16", "F16") and keep_fp32_matches(t.name, keep) else dtype
     if target == t.dtype:
         return t
-    return PlannedTensor(t.name, cast(t.tensor, target), t.how + "+cast", t.rule)
+    return replace(t, tensor=kernels.cast(t.tensor, target), cast=True)
 
 
 def assign_shards(tensors: list[PlannedTensor], max_shard_size: int) -> list[PlannedShard]:
@@ -621,6 +641,7 @@ def _config_dtype(config: Mapping[str, Any] | None) -> str:
 
 
 __all__ = [
+    "How",
     "Plan",
     "PlannedShard",
     "PlannedTensor",

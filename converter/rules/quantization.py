@@ -87,7 +87,7 @@ def check_fp8_scales_follow(tensors: Iterable[Any], rules: Any) -> None:
     grid behind, silently wrong. Refused; ``--dequantize`` handles it."""
     twins = {(c.sources, c.ops) for c in rules.converters}
     for t in tensors:
-        if t.how.split("+")[0] != "convert" or t.dtype not in FP8_WEIGHT_DTYPES or t.rule is None:
+        if t.how != "convert" or t.dtype not in FP8_WEIGHT_DTYPES or t.rule is None:
             continue
         conv = rules.converters[t.rule]
         if (tuple(s + "_scale_inv" for s in conv.sources), conv.ops) not in twins:
