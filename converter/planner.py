@@ -35,14 +35,7 @@ from .errors import (
 from .layout import Piece, VirtualTensor, from_file
 from .naming import output_name, place, route
 from .rules import get_entry, rules_for
-from .rules.core import (
-    Convert,
-    Direction,
-    Rename,
-    Rule,
-    RuleSet,
-    keep_fp32_matches,
-)
+from .rules.core import Convert, Direction, Rename, Rule, RuleSet, keep_fp32_matches
 from .rules.describe import described
 from .rules.ops import OpContext, Slot
 from .rules.quantization import (
