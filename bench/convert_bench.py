@@ -6,8 +6,10 @@
 
 Prints, for the same checkpoint: ``cp -r`` time; our conversion's time and peak RSS (a fresh process, as a user
 runs it); transformers' ``from_pretrained`` + ``save_pretrained(save_original_format=False)`` time and peak RSS;
-and the ratios against the targets (conversion within 1.5x of the copy, peak RSS under 400 MB, at least 3x
-faster than transformers). Each command runs ``--repeat`` times on a warm page cache, after a ``sync``; the median is reported.
+the wall time of ``ckpt-convert plan SRC --json > /dev/null`` (process start to exit: the fixed cost every
+conversion pays before it reads a header); and the ratios against the targets (conversion within 1.5x of the
+copy, peak RSS under 400 MB, at least 3x faster than transformers, ``plan`` under 0.25 s). Each command runs
+``--repeat`` times on a warm page cache, after a ``sync``; the median is reported.
 """
 
 from __future__ import annotations
@@ -61,6 +63,12 @@ def run(cmd: list[str]) -> tuple[float, int]:
         return dt, int(rss_file.read())
 
 
+def ckpt_convert() -> list[str]:
+    """The ``ckpt-convert`` command as installed next to this Python (else run as a module)."""
+    script = Path(sys.executable).parent / "ckpt-convert"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "service.cli"]
+
+
 def measure(commands: dict[str, tuple[list[str], Path]], repeat: int) -> dict[str, tuple[float, int]]:
     """Run the commands in turn, ``repeat`` rounds (interleaved, so disk noise hits all alike); median time, max RSS."""
     times: dict[str, list[float]] = {k: [] for k in commands}
@@ -79,6 +87,18 @@ def measure(commands: dict[str, tuple[list[str], Path]], repeat: int) -> dict[st
         print(f"  {name:<38} {med:8.2f} s   peak RSS {rss[name] / 1e6:8.0f} MB   (runs: {runs})")
         result[name] = (med, rss[name])
     return result
+
+
+def wall(label: str, cmd: list[str], repeat: int) -> float:
+    """Median wall seconds of ``cmd`` from process start to exit, its stdout discarded (as ``> /dev/null``)."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True)
+        times.append(time.perf_counter() - t0)
+    med = statistics.median(times)
+    print(f"  {label:<38} {med:8.2f} s   (runs: {', '.join(f'{t:.2f}' for t in times)})")
+    return med
 
 
 TRANSFORMERS_SCRIPT = """
@@ -144,6 +164,9 @@ def main() -> int:
         else:
             print("  transformers not installed: skipped")
     res = measure(commands, a.repeat)
+    plan_cmd = [*ckpt_convert(), "plan", str(src), "--json"]
+    # a fraction of a second, so more rounds: start-up time is noisy
+    plan_t = wall("ckpt-convert plan --json > /dev/null", plan_cmd, max(a.repeat, 5))
     cp_t = res["cp -r (baseline)"][0]
     ours_t, ours_rss = res["ckpt-convert convert"]
     tf_t, tf_rss = res["transformers load + save (grouped)"] if has_tf else (None, None)
@@ -158,6 +181,7 @@ def main() -> int:
 
     line("ours / cp time", ours_t / cp_t, "<= 1.5", ours_t / cp_t <= 1.5)
     line("our peak RSS (MB)", ours_rss / 1e6, "< 400", ours_rss < 400e6)
+    line("plan wall time (s)", plan_t, "< 0.25", plan_t < 0.25)
     if tf_t is not None and tf_rss is not None:
         line("transformers / ours time", tf_t / ours_t, ">= 3", tf_t / ours_t >= 3)
         line("transformers / ours peak RSS", tf_rss / ours_rss, "(info)", True)

@@ -3,8 +3,8 @@
     python bench/gpu_check.py [--mb 256]
 
 Builds one safetensors file with random tensors, then evaluates, through the converter's own computed pieces
-(``converter.rules.ops``), a bf16 -> fp16 cast, an fp32 -> bf16 cast, an expert transpose, a block-scaled FP8
-dequantize and an MXFP4 dequantize, once with ``CKPT_CONVERT_DEVICE=cpu`` and once on CUDA. Prints, per op,
+(``converter.kernels``), a bf16 -> fp16 cast, an fp32 -> bf16 cast, an expert transpose, a block-scaled FP8
+dequantize and an MXFP4 dequantize, once with ``device="cpu"`` and once with ``device="cuda"``. Prints, per op,
 whether the outputs are byte-identical, and both times. Exits 1 on any difference. Without a CUDA device it
 reports the CPU times and says so.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import sys
 import tempfile
 import time
@@ -24,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
+from converter import kernels  # noqa: E402
 from converter.checkpoint import read_local_checkpoint  # noqa: E402
 from converter.executor import _Streamer  # noqa: E402
 from converter.layout import VirtualTensor, from_file  # noqa: E402
-from converter.rules import ops  # noqa: E402
 from converter.storage import LocalReader  # noqa: E402
 
 
@@ -49,11 +48,9 @@ def build(folder: Path, mb: int) -> dict[str, VirtualTensor]:
 
 
 def evaluate(vt: VirtualTensor, folder: Path, device: str) -> tuple[str, float]:
-    os.environ["CKPT_CONVERT_DEVICE"] = device
-    ops.compute_device.cache_clear()
     reader = LocalReader(folder)
     try:
-        s = _Streamer(reader, lambda n: None)
+        s = _Streamer(reader, lambda n: None, device=device)
         h = hashlib.sha256()
         t0 = time.perf_counter()
         step = 64 * 2**20
@@ -75,13 +72,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as d:
         folder = Path(d)
         v = build(folder, a.mb)
-        ctx = ops.OpContext("check", 1)
         cases = {
-            "cast bf16 -> fp16": ops.cast(v["bf16"], "F16"),
-            "cast fp32 -> bf16": ops.cast(v["f32"], "BF16"),
-            "transpose experts (1, 2)": ops.transpose(v["bf16"], 1, 2, ctx),
-            "fp8 block dequantize": ops.fp8_dequantize(v["fp8"], v["fp8_scale"], "BF16", ctx),
-            "mxfp4 dequantize": ops.mxfp4_dequantize(v["mx_blocks"], v["mx_scales"], "BF16", ctx),
+            "cast bf16 -> fp16": kernels.cast(v["bf16"], "F16"),
+            "cast fp32 -> bf16": kernels.cast(v["f32"], "BF16"),
+            "transpose experts (1, 2)": kernels.transpose(v["bf16"], 1, 2, "check"),
+            "fp8 block dequantize": kernels.fp8_dequantize(v["fp8"], v["fp8_scale"], "BF16", "check"),
+            "mxfp4 dequantize": kernels.mxfp4_dequantize(v["mx_blocks"], v["mx_scales"], "BF16", "check"),
         }
         ok = True
         for name, vt in cases.items():

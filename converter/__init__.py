@@ -6,29 +6,77 @@
 >>> convert("Mixtral-8x7B-grouped/", "back/", direction="reverse")         # doctest: +SKIP
 """
 
-from ._version import __version__  # noqa: E402
-from .conversion_mapping import (  # noqa: E402
-    MODELS_REQUIRING_TENSOR_MERGING,
-    get_checkpoint_conversion_mapping,
-    get_combined_key_mapping,
-    get_model_conversion_mapping,
-    is_transformers_conversion_available,
-    requires_tensor_merging,
-)
-from .errors import ConversionError  # noqa: E402
-from .executor import ConversionResult, Progress, execute  # noqa: E402
-from .job import ConversionJob, convert  # noqa: E402
-from .planner import Plan, PlannedTensor, plan  # noqa: E402
-from .rules import RuleSet, model_types, rules_for  # noqa: E402
-from .spec import JobSpec  # noqa: E402
-from .verifier import verify  # noqa: E402
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from ._version import __version__
+
+#: public name -> the module that defines it, imported on first use: ``import converter.rules`` (or the
+#: ``ckpt-convert plan`` command) then pays for no more than it uses
+_EXPORTS = {
+    "MODELS_REQUIRING_TENSOR_MERGING": "conversion_mapping",
+    "get_checkpoint_conversion_mapping": "conversion_mapping",
+    "get_combined_key_mapping": "conversion_mapping",
+    "get_model_conversion_mapping": "conversion_mapping",
+    "is_transformers_conversion_available": "conversion_mapping",
+    "requires_tensor_merging": "conversion_mapping",
+    "ConversionError": "errors",
+    "ConversionResult": "executor",
+    "Progress": "executor",
+    "ConversionJob": "job",
+    "convert": "job",
+    "execute": "executor",
+    "JobSpec": "spec",
+    "Plan": "planner",
+    "PlannedTensor": "planner",
+    "plan": "planner",
+    "Direction": "rules",
+    "RuleSet": "rules",
+    "model_types": "rules",
+    "rules_for": "rules",
+    "verify": "verifier",
+}
+
+if TYPE_CHECKING:
+    from .conversion_mapping import (
+        MODELS_REQUIRING_TENSOR_MERGING,
+        get_checkpoint_conversion_mapping,
+        get_combined_key_mapping,
+        get_model_conversion_mapping,
+        is_transformers_conversion_available,
+        requires_tensor_merging,
+    )
+    from .errors import ConversionError
+    from .executor import ConversionResult, Progress, execute
+    from .job import ConversionJob, convert
+    from .planner import Plan, PlannedTensor, plan
+    from .rules import Direction, RuleSet, model_types, rules_for
+    from .spec import JobSpec
+    from .verifier import verify
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'converter' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})
+
 
 __all__ = [
     "MODELS_REQUIRING_TENSOR_MERGING",
     "ConversionError",
     "ConversionJob",
-    "JobSpec",
     "ConversionResult",
+    "Direction",
+    "JobSpec",
     "Plan",
     "PlannedTensor",
     "Progress",

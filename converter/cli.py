@@ -7,33 +7,50 @@ Exit codes: 0 success, 1 the conversion was refused or failed (the message says 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import os
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 from .errors import ConversionError
 from .planner import DEFAULT_MAX_SHARD_SIZE, Plan, plan, resolve_model_type
 from .rules import get_entry, model_types, rules_for
-from .rules.core import Convert
+from .rules.core import Convert, Direction
 
-out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
+
+# rich is imported when something is shown to a person: `plan --json > file` needs none of it (a third of the
+# command's time)
+
+
+@functools.cache
+def _out() -> Console:
+    from rich.console import Console
+
+    return Console(width=None if sys.stdout.isatty() else 160)
+
+
+@functools.cache
+def _err() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+
+
+def print_json(doc: Any) -> None:
+    """``doc`` as indented JSON on stdout: highlighted on a terminal, else plain (the same text rich writes)."""
+    if sys.stdout.isatty():
+        _out().print_json(json.dumps(doc))
+    else:
+        sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
 
 
 def human_bytes(n: float) -> str:
@@ -48,19 +65,30 @@ def human_bytes(n: float) -> str:
 
 
 def _progress_bar(quiet: bool) -> Progress:
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=err,
-        disable=quiet or not err.is_terminal,
+        console=_err(),
+        disable=quiet or not _err().is_terminal,
         transient=False,
     )
 
 
 def _print_plan_summary(p: Plan, title: str) -> None:
+    from rich.table import Table
+
     s = p.summary()
     t = Table(title=title, show_header=False, box=None, pad_edge=False)
     t.add_column(style="bold")
@@ -82,7 +110,7 @@ def _print_plan_summary(p: Plan, title: str) -> None:
     t.add_row(
         "shards", f"{s['source_shards']} in -> {s['output_shards']} out (max {human_bytes(p.max_shard_size)})"
     )
-    out.print(t)
+    _out().print(t)
 
 
 DEQUANTIZE_HELP = (
@@ -95,7 +123,7 @@ def cmd_convert(a: argparse.Namespace) -> int:
     from .job import ConversionJob
     from .spec import JobSpec
 
-    direction = "reverse" if a.reverse else "forward"
+    direction = Direction.REVERSE if a.reverse else Direction.FORWARD
     spec = JobSpec.from_cli(
         a.source,
         a.output,
@@ -109,11 +137,11 @@ def cmd_convert(a: argparse.Namespace) -> int:
         create_pr=a.pr,
         private=a.private,
     )
-    job = ConversionJob(spec)
+    job = ConversionJob(spec, device=a.device)
     p = job.plan()
     if a.dry_run:
         if a.json:
-            out.print_json(json.dumps(p.to_dict(pieces=False)))
+            print_json(p.to_dict(pieces=False))
         else:
             _print_plan_summary(p, "dry run: nothing written")
         return 0
@@ -132,8 +160,10 @@ def cmd_convert(a: argparse.Namespace) -> int:
     else:
         verified = ""
     if a.json:
-        out.print_json(json.dumps({**result.summary(), "verified": bool(a.verify)}))
+        print_json({**result.summary(), "verified": bool(a.verify)})
         return 0
+    from rich.table import Table
+
     _print_plan_summary(p, "nothing to convert" if result.noop else "converted")
     t = Table(show_header=False, box=None, pad_edge=False)
     t.add_column(style="bold")
@@ -163,7 +193,7 @@ def cmd_convert(a: argparse.Namespace) -> int:
         t.add_row("[yellow]warning[/]", w)
     if verified:
         t.add_row("verify", verified)
-    out.print(t)
+    _out().print(t)
     return 0
 
 
@@ -171,30 +201,32 @@ def cmd_plan(a: argparse.Namespace) -> int:
     p = plan(
         a.source,
         model_type=a.model_type,
-        direction="reverse" if a.reverse else "forward",
+        direction=Direction.REVERSE if a.reverse else Direction.FORWARD,
         dtype=a.dtype,
         max_shard_size=a.max_shard_size,
         dequantize=a.dequantize,
         check_layout=not a.no_layout_check,
     )
     if a.json:
-        out.print_json(json.dumps(p.to_dict(pieces=a.pieces)))
+        print_json(p.to_dict(pieces=a.pieces))
         return 0
     _print_plan_summary(p, "plan (from headers only)")
     if p.is_noop:
-        out.print("[green]already in the target layout: nothing to convert[/]")
+        _out().print("[green]already in the target layout: nothing to convert[/]")
         return 0
-    changed = [t for t in p.tensors if t.how != "copy"]
+    from rich.table import Table
+
+    changed = [t for t in p.tensors if not t.kept]
     t = Table(title=f"{len(changed)} tensor(s) change", show_lines=False)
     for col in ("output", "dtype", "shape", "how", "from"):
         t.add_column(col)
     shown = changed if a.all else changed[:25]
     for x in shown:
         src = x.sources[0] if len(x.sources) == 1 else f"{len(x.sources)} tensors: {x.sources[0]}, ..."
-        t.add_row(x.name, x.dtype, str(list(x.shape)), x.how, src)
-    out.print(t)
+        t.add_row(x.name, x.dtype, str(list(x.shape)), x.label, src)
+    _out().print(t)
     if len(shown) < len(changed):
-        out.print(f"... and {len(changed) - len(shown)} more (--all shows every one, --json everything)")
+        _out().print(f"... and {len(changed) - len(shown)} more (--all shows every one, --json everything)")
     return 0
 
 
@@ -202,14 +234,16 @@ def cmd_plan(a: argparse.Namespace) -> int:
 
 
 def cmd_rules(a: argparse.Namespace) -> int:
-    direction = "reverse" if a.reverse else "forward"
+    from rich.table import Table
+
+    direction = Direction.REVERSE if a.reverse else Direction.FORWARD
     config = _read_config_arg(a.config) if a.config else None
     if a.model_type is None and config is not None:
         a.model_type = resolve_model_type(None, config, a.config)
     if a.model_type is None:
         rows = [get_entry(m).summary() for m in model_types(every=a.all)]
         if a.json:
-            out.print_json(json.dumps(rows))
+            print_json(rows)
             return 0
         supported = sum(r["supported"] for r in rows)
         none = sum(r["conversion"] == "none" for r in rows)
@@ -239,15 +273,15 @@ def cmd_rules(a: argparse.Namespace) -> int:
                 quant or "-",
                 "yes" if r["supported"] else f"no: {r['unsupported_reason']}",
             )
-        out.print(t)
+        _out().print(t)
         return 0
     rs = rules_for(a.model_type, direction=direction, config=config)
     entry = get_entry(a.model_type)
     if a.json:
-        out.print_json(json.dumps({**entry.summary(), **rs.to_dict()}))
+        print_json({**entry.summary(), **rs.to_dict()})
         return 0
     if entry.conversion == "none" and not rs.nested:
-        out.print(
+        _out().print(
             f"[green]{a.model_type}: no conversion needed[/] -- transformers loads its checkpoints as published; "
             f"only the legacy renames apply ({len(rs.renames)} listed below)"
         )
@@ -286,20 +320,20 @@ def cmd_rules(a: argparse.Namespace) -> int:
             t.add_row(
                 str(i), d["kind"], d["pattern"], d["replacement"], "; ".join(filter(None, ("one-way", where)))
             )
-    out.print(t)
+    _out().print(t)
     if entry.submodels:
-        out.print(
+        _out().print(
             "nested sub-models: " + ", ".join(f"{n.key} under {n.path or '(root)'}" for n in entry.submodels)
         )
     if rs.nested:
-        out.print("from config.json: " + ", ".join(f"{k} rules under {p}" for p, k in rs.nested))
+        _out().print("from config.json: " + ", ".join(f"{k} rules under {p}" for p, k in rs.nested))
     if rs.keep_fp32:
-        out.print(f"kept in float32 under --dtype bf16/fp16: {', '.join(rs.keep_fp32)}")
+        _out().print(f"kept in float32 under --dtype bf16/fp16: {', '.join(rs.keep_fp32)}")
     support = entry.quantized_support
     if support:
-        out.print("pre-quantized: " + "; ".join(f"{k} ({' or '.join(v)})" for k, v in support.items()))
+        _out().print("pre-quantized: " + "; ".join(f"{k} ({' or '.join(v)})" for k, v in support.items()))
     if entry.unsupported:
-        out.print(f"[red]not supported: {entry.unsupported}[/]")
+        _out().print(f"[red]not supported: {entry.unsupported}[/]")
     return 0
 
 
@@ -328,7 +362,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     work = Path(a.workdir or tempfile.mkdtemp(prefix="ckpt-convert-demo-"))
     shape = MixtralShape(layers=4, experts=8, hidden=256, intermediate=512, vocab=1024)
     published = write_mixtral_checkpoint(work / "published", shape, max_shard_bytes=8_000_000)
-    out.print(f"wrote a Mixtral-shaped checkpoint (published layout) to {published}")
+    _out().print(f"wrote a Mixtral-shaped checkpoint (published layout) to {published}")
     with _progress_bar(False) as bar:
         task = bar.add_task("converting", total=None)
         result = convert(
@@ -338,16 +372,16 @@ def cmd_demo(a: argparse.Namespace) -> int:
             progress=lambda ev: bar.update(task, total=ev.bytes_total, completed=ev.bytes_done),
         )
     _print_plan_summary(result.plan, "demo: published -> transformers v5 layout")
-    out.print(
+    _out().print(
         f"output: {result.output} ({len(result.shards)} shards, {human_bytes(result.bytes_written)}, "
         f"{result.seconds:.2f} s)"
     )
     rep = verify(result.plan, LocalSource(published), result.output)
-    out.print(f"verified: {rep.tensors} tensors equal their plan byte for byte")
+    _out().print(f"verified: {rep.tensors} tensors equal their plan byte for byte")
     t0 = time.monotonic()
-    back = convert(result.output, work / "roundtrip", direction="reverse", overwrite=True)
+    back = convert(result.output, work / "roundtrip", direction=Direction.REVERSE, overwrite=True)
     same = _same_tensors(published, Path(back.output))
-    out.print(
+    _out().print(
         f"reverse: {back.output} in {time.monotonic() - t0:.2f} s; round trip "
         + ("[green]identical to the original, bit for bit[/]" if same else "[red]DIFFERS[/]")
     )
@@ -419,6 +453,13 @@ def build_parser(extend: Callable[[Any], None] | None = None) -> argparse.Argume
     )
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     c.add_argument("--dequantize", action="store_true", help=DEQUANTIZE_HELP)
+    c.add_argument(
+        "--device",
+        # the environment variable is read here only: the library takes the device as an argument
+        default=os.environ.get("CKPT_CONVERT_DEVICE"),
+        help="where arithmetic ops (cast, transpose, dequantize) run: auto (default: a GPU when torch sees one), "
+        "cpu, cuda, cuda:N; same bytes on any (default: $CKPT_CONVERT_DEVICE, else auto)",
+    )
     c.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("plan", help="show what a conversion would do, from the headers alone")
@@ -457,13 +498,13 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
     try:
         return int(args.func(args))
     except ConversionError as e:
-        err.print(f"[red]error[/] [bold]{type(e).__name__}[/]: {e.message}", highlight=False)
+        _err().print(f"[red]error[/] [bold]{type(e).__name__}[/]: {e.message}", highlight=False)
         return 1
     except ValueError as e:
-        err.print(f"[red]error[/]: {e}", highlight=False)
+        _err().print(f"[red]error[/]: {e}", highlight=False)
         return 2
     except KeyboardInterrupt:
-        err.print("[yellow]interrupted; nothing was published[/]")
+        _err().print("[yellow]interrupted; nothing was published[/]")
         return 130
 
 

@@ -2,7 +2,8 @@
 
 Output shards are written in order, each header first (it is known from the plan), then each tensor's pieces:
 file ranges are copied with ``copy_file_range`` (no bytes through Python, no torch import), computed pieces
-(cast, transpose) are evaluated one slice at a time. Memory stays near one copy buffer / one expert.
+(cast, transpose) are evaluated one slice at a time, on the ``device`` asked for (default: a GPU when torch sees
+one). Memory stays near one copy buffer / one expert.
 Nothing is published unless every shard, the index and the copied files are complete.
 
 >>> result = execute(plan(src), src, open_sink("out/", source=src))     # doctest: +SKIP
@@ -21,6 +22,7 @@ from typing import Any, BinaryIO
 
 from ._version import __version__
 from .errors import CancelledError
+from .kernels import check_device, resolve_device
 from .layout import Computed, Piece, VirtualTensor
 from .planner import Plan
 from .rules import RULES_VERSION
@@ -91,19 +93,34 @@ ProgressCallback = Callable[[Progress], None]
 
 
 class _Streamer:
-    """Writes pieces to an output file; evaluates computed pieces recursively in bounded chunks."""
+    """Writes pieces to an output file; evaluates computed pieces recursively in bounded chunks on ``device``
+    (``None``/``"auto"``, ``"cpu"``, ``"cuda"``; resolved when the first computed piece runs, so that byte copies
+    never import torch)."""
 
-    def __init__(self, reader: Reader, tick: Callable[[int], None], copy_chunk: int = COMPUTE_CHUNK) -> None:
+    def __init__(
+        self,
+        reader: Reader,
+        tick: Callable[[int], None],
+        copy_chunk: int = COMPUTE_CHUNK,
+        device: str | None = None,
+    ) -> None:
         self.reader = reader
         self.tick = tick
         self.copy_chunk = copy_chunk
+        self.device = check_device(device)
+        self._resolved: str | None = None
 
     def read_piece(self, p: Piece) -> bytes:
         if isinstance(p.source, str):
             return self.reader.read(p.source, p.offset, p.length)
         node: Computed = p.source
+        if self._resolved is None:
+            self._resolved = resolve_device(self.device)
         return node.compute(
-            lambda i, a, b: self.read_tensor(node.inputs[i], a, b), p.offset, p.offset + p.length
+            lambda i, a, b: self.read_tensor(node.inputs[i], a, b),
+            p.offset,
+            p.offset + p.length,
+            self._resolved,
         )
 
     def read_tensor(self, vt: VirtualTensor, start: int, stop: int) -> bytes:
@@ -242,6 +259,7 @@ def write_shards(
     indices: list[int],
     meter: Meter,
     metadata: Mapping[str, str] | None = None,
+    device: str | None = None,
 ) -> list[ShardWritten]:
     """Write shards ``indices`` of plan ``p`` into ``sink``: each header (known from the plan), then its tensors'
     bytes; then hand the finished shard to the sink (a Hub sink pre-uploads it and frees the local copy).
@@ -250,7 +268,7 @@ def write_shards(
     meta = {**provenance(p), **(metadata or {})}
     out_shards: list[ShardWritten] = []
     with source.reader() as reader:
-        streamer = _Streamer(reader, meter.tick, meter.copy_chunk)
+        streamer = _Streamer(reader, meter.tick, meter.copy_chunk, device)
         for i in indices:
             shard = p.shards[i]
             meter.state.shard = shard.file
@@ -298,22 +316,26 @@ def execute(
     commit_message: str = "",
     metadata: Mapping[str, str] | None = None,
     max_bytes_per_second: float | None = None,
+    device: str | None = None,
 ) -> ConversionResult:
     """Write every shard of plan ``p`` into ``sink``, then the index and the other files, then commit.
 
     ``metadata`` is added to every shard's safetensors ``__metadata__`` (the service records its conversion key
     there). ``max_bytes_per_second`` caps the write rate (a shared disk or network stays usable for others).
+    ``device`` is where computed tensors (cast, transpose, dequantize) are worked out: ``"cpu"``, ``"cuda"``
+    (``"cuda:N"``), or ``None``/``"auto"`` for a GPU when torch sees one; the bytes are the same on any device.
 
     ``should_cancel`` is polled between chunks; when it returns True the sink is aborted and
     :class:`~converter.errors.CancelledError` raised. Any failure aborts the sink: nothing is published.
     """
+    check_device(device)  # a bad name is refused before anything is written
     meter = Meter(p, progress, should_cancel, max_bytes_per_second)
     if p.is_noop:
         return publish_unchanged(p, source, sink, meter, commit_message)
     sink.begin()
     try:
         meter.report(force=True)
-        shards = write_shards(p, source, sink, list(range(len(p.shards))), meter, metadata)
+        shards = write_shards(p, source, sink, list(range(len(p.shards))), meter, metadata, device)
         where, copy, skipped = publish(p, source, sink, meter, commit_message)
     except BaseException:
         sink.abort()

@@ -177,6 +177,7 @@ class ConversionJob:
             commit_message=self.commit_message,
             metadata=self.metadata,
             max_bytes_per_second=self.max_bytes_per_second,
+            device=self.device,
         )
 
     # --- in parts, across processes ---------------------------------------------------------------------------------
@@ -202,7 +203,7 @@ class ConversionJob:
         sink = self.sink(pr_revision)
         sink.attach()
         meter = Meter(p, progress, should_cancel, self.max_bytes_per_second)
-        written = write_shards(p, self.planned_source, sink, list(indices), meter, self.metadata)
+        written = write_shards(p, self.planned_source, sink, list(indices), meter, self.metadata, self.device)
         meter.report(force=True)
         return written
 
@@ -283,6 +284,7 @@ def convert(
     create_pr: bool = False,
     private: bool = False,
     check_layout: bool = True,
+    device: str | None = None,
 ) -> ConversionResult:
     """Plan and run a conversion of ``source`` into ``output`` (a folder, created atomically, or ``hf://org/name``).
 
@@ -292,7 +294,8 @@ def convert(
     A checkpoint already in the target layout is a no-op (``result.noop``): ``output`` gets the source's files
     unchanged (hard links where possible). ``dequantize`` dequantizes a pre-quantized (FP8, MXFP4) checkpoint; by
     default it stays quantized. Source and output may also be Source / Sink objects. ``allow_noop`` is accepted for
-    compatibility and has no effect.
+    compatibility and has no effect. ``device`` is where computed tensors are worked out (``"cpu"``, ``"cuda"``,
+    None: a GPU when torch sees one); the bytes are the same on any device.
     """
     from .safetensors_io import parse_size
 
@@ -307,7 +310,7 @@ def convert(
             dequantize=dequantize,
             check_layout=check_layout,
         )
-        return ConversionJob(spec).run(progress=progress, should_cancel=should_cancel)
+        return ConversionJob(spec, device=device).run(progress=progress, should_cancel=should_cancel)
     src = open_source(source)
     p = plan(
         src,
@@ -328,7 +331,7 @@ def convert(
         if isinstance(output, (str, os.PathLike))
         else output
     )
-    return execute(p, src, sink, progress=progress, should_cancel=should_cancel)
+    return execute(p, src, sink, progress=progress, should_cancel=should_cancel, device=device)
 
 
 __all__ = ["CheckpointHeaders", "ConversionJob", "convert"]

@@ -3,7 +3,7 @@
 A :class:`VirtualTensor` is a dtype, a shape and the ordered byte pieces that make up its row-major data. A piece
 is a byte range of a source file, or of a :class:`Computed` tensor (one that needs arithmetic, such as a cast or
 a transpose). Stacking experts or concatenating gate and up along a leading dimension only reorders pieces, so
-most outputs of a plan are pure byte copies; see ``ops.py`` for how each op rearranges pieces.
+most outputs of a plan are pure byte copies; see :mod:`converter.kernels` for how each op rearranges pieces.
 """
 
 from __future__ import annotations
@@ -16,24 +16,18 @@ from typing import Any
 
 from .safetensors_io import DTYPE_BITS, dtype_nbytes
 
-
-@dataclass(frozen=True)
-class ByteSegment:
-    """``length`` bytes at ``offset`` of shard ``file`` (offset is absolute in the file)."""
-
-    file: str
-    offset: int
-    length: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"file": self.file, "offset": self.offset, "length": self.length}
+#: ``read(i, a, b)``: bytes ``[a, b)`` of input ``i`` of a computed tensor
+ReadInput = Callable[[int, int, int], bytes]
+#: ``compute(read, start, stop, device)``: bytes ``[start, stop)`` of a computed tensor, worked out on ``device``
+#: (``"cpu"``, ``"cuda"``; the executor resolves it once, see :func:`converter.kernels.resolve_device`)
+ComputeFn = Callable[[ReadInput, int, int, str], bytes]
 
 
 @dataclass(eq=False)
 class Computed:
     """A tensor produced by arithmetic (``compute``) from input virtual tensors, evaluated in bounded slices.
 
-    ``compute(read_input, start, stop)`` returns bytes ``[start, stop)`` of the result, where
+    ``compute(read_input, start, stop, device)`` returns bytes ``[start, stop)`` of the result, where
     ``read_input(i, a, b)`` returns bytes ``[a, b)`` of input ``i``. Implementations work one slice along
     dim 0 (one expert) at a time, so memory stays near one expert whatever the tensor size.
     """
@@ -41,7 +35,7 @@ class Computed:
     dtype: str
     shape: tuple[int, ...]
     inputs: tuple[VirtualTensor, ...]
-    compute: Callable[[Callable[[int, int, int], bytes], int, int], bytes]
+    compute: ComputeFn
     description: dict[str, Any]
     #: preferred read granularity (bytes) so that callers do not recompute a slice several times
     slice_bytes: int = 0
@@ -159,10 +153,11 @@ def computed_tensor(
     dtype: str,
     shape: tuple[int, ...],
     inputs: Sequence[VirtualTensor],
-    compute: Callable[[Callable[[int, int, int], bytes], int, int], bytes],
+    compute: ComputeFn,
     description: dict[str, Any],
     slice_bytes: int = 0,
 ) -> VirtualTensor:
+    """A tensor whose one piece is a :class:`Computed` node over ``inputs``."""
     node = Computed(dtype, shape, tuple(inputs), compute, description, slice_bytes)
     origins = tuple(o for i in inputs for o in i.origins)
     return VirtualTensor(dtype, shape, (Piece(node, 0, node.nbytes),), origins=origins)

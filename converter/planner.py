@@ -16,9 +16,11 @@ import os
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any
 
+from . import kernels
 from .errors import (
     CheckpointError,
     DuplicateExpertError,
@@ -31,10 +33,11 @@ from .errors import (
     UnsupportedError,
 )
 from .layout import Piece, VirtualTensor, from_file
+from .naming import output_name, place, route
 from .rules import get_entry, rules_for
-from .rules.core import Convert, Rename, Rule, RuleSet, fill_stars, keep_fp32_matches, template_body
+from .rules.core import Convert, Direction, Rename, Rule, RuleSet, keep_fp32_matches
 from .rules.describe import described
-from .rules.ops import OpContext, Slot, cast
+from .rules.ops import OpContext, Slot
 from .rules.quantization import (
     check_fp8_scales_follow,
     dequantize_tensors,
@@ -55,15 +58,34 @@ def natural_key(name: str) -> tuple[Any, ...]:
     return tuple(int(p) if p.isdigit() else p for p in _DIGITS.split(name))
 
 
+class How(StrEnum):
+    """How an output tensor was made from the source's."""
+
+    COPY = "copy"  #: the source tensor, same name
+    RENAME = "rename"  #: the source tensor under another name
+    CONVERT = "convert"  #: merged, split or reshaped by a Convert rule (or dequantized)
+
+
 @dataclass
 class PlannedTensor:
     """One output tensor: its name, dtype, shape and the byte pieces (file ranges or computed) that form it."""
 
     name: str
     tensor: VirtualTensor
-    #: how it was made: "copy" (unchanged), "rename", "convert" (merged/split by a Convert rule), "+cast"
-    how: str
+    how: How
     rule: int | None = None  # index of the Convert in the RuleSet, if any
+    #: also cast to another dtype (``--dtype``)
+    cast: bool = False
+
+    @property
+    def label(self) -> str:
+        """``how``, ``+cast`` when cast, as plans show it: ``"convert+cast"``."""
+        return f"{self.how}+cast" if self.cast else str(self.how)
+
+    @property
+    def kept(self) -> bool:
+        """The source's tensor as it is: same name, same bytes."""
+        return self.how == How.COPY and not self.cast
 
     @property
     def dtype(self) -> str:
@@ -91,7 +113,7 @@ class PlannedTensor:
             "dtype": self.dtype,
             "shape": list(self.shape),
             "nbytes": self.nbytes,
-            "how": self.how,
+            "how": self.label,
             "sources": list(self.sources),
         }
         if pieces:
@@ -113,7 +135,7 @@ class PlannedShard:
 class Plan:
     source: str
     model_type: str
-    direction: str
+    direction: Direction
     dtype: str | None
     ruleset: RuleSet
     tensors: list[PlannedTensor]
@@ -142,7 +164,7 @@ class Plan:
         return (
             self.output_config is None
             and self.source_index.format == "safetensors"
-            and all(t.how == "copy" for t in self.tensors)
+            and all(t.kept for t in self.tensors)
         )
 
     @property
@@ -156,8 +178,8 @@ class Plan:
     def counts(self) -> dict[str, int]:
         c: dict[str, int] = defaultdict(int)
         for t in self.tensors:
-            c[t.how.split("+")[0]] += 1
-            if "+cast" in t.how:
+            c[t.how.value] += 1
+            if t.cast:
                 c["cast"] += 1
         return dict(c)
 
@@ -195,10 +217,6 @@ class Plan:
         }
 
 
-def _display(prefix: str, template: str, suffix: str, index: int | None = None) -> str:
-    return prefix + (fill_stars(template, [index]) if index is not None else template_body(template)) + suffix
-
-
 @dataclass
 class _Group:
     """Tensors collected for one Convert at one place (prefix/suffix around the matched pattern)."""
@@ -220,13 +238,13 @@ def _build_slots(g: _Group, conv: Convert) -> list[Slot]:
         entries = g.slots.get(si)
         if not entries:
             raise MissingSourceError(
-                f"{present} needs a matching {_display(g.prefix, src, g.suffix)}, which the checkpoint lacks",
-                key=_display(g.prefix, src, g.suffix),
+                f"{present} needs a matching {place(g.prefix, src, g.suffix)}, which the checkpoint lacks",
+                key=place(g.prefix, src, g.suffix),
             )
         if "*" not in src:
             if len(entries) > 1:
                 raise TargetCollisionError(
-                    f"{entries[0][1]} and {entries[1][1]} both map to {_display(g.prefix, src, g.suffix)}",
+                    f"{entries[0][1]} and {entries[1][1]} both map to {place(g.prefix, src, g.suffix)}",
                     key=entries[1][1],
                 )
             slots.append(entries[0][2])
@@ -236,7 +254,7 @@ def _build_slots(g: _Group, conv: Convert) -> list[Slot]:
             assert idx is not None
             if idx in by_index:
                 raise DuplicateExpertError(
-                    f"expert {idx} of {_display(g.prefix, src, g.suffix)} appears twice: {by_index[idx][0]} and {name}",
+                    f"expert {idx} of {place(g.prefix, src, g.suffix)} appears twice: {by_index[idx][0]} and {name}",
                     key=name,
                 )
             by_index[idx] = (name, vt)
@@ -244,9 +262,9 @@ def _build_slots(g: _Group, conv: Convert) -> list[Slot]:
         missing = [i for i in range(n) if i not in by_index]
         if missing:
             raise MissingExpertError(
-                f"expert {missing[0]} is missing: no {_display(g.prefix, src, g.suffix, missing[0])} "
+                f"expert {missing[0]} is missing: no {place(g.prefix, src, g.suffix, missing[0])} "
                 f"(found {len(by_index)} experts with indices up to {n - 1})",
-                key=_display(g.prefix, src, g.suffix, missing[0]),
+                key=place(g.prefix, src, g.suffix, missing[0]),
             )
         counts[si] = n
         slots.append([by_index[i][1] for i in range(n)])
@@ -255,9 +273,9 @@ def _build_slots(g: _Group, conv: Convert) -> list[Slot]:
         si = min(counts, key=lambda k: counts[k])
         src = conv.sources[si]
         raise MissingExpertError(
-            f"{_display(g.prefix, src, g.suffix)} has {counts[si]} experts but other projections have {most}: "
-            f"no {_display(g.prefix, src, g.suffix, counts[si])}",
-            key=_display(g.prefix, src, g.suffix, counts[si]),
+            f"{place(g.prefix, src, g.suffix)} has {counts[si]} experts but other projections have {most}: "
+            f"no {place(g.prefix, src, g.suffix, counts[si])}",
+            key=place(g.prefix, src, g.suffix, counts[si]),
         )
     return slots
 
@@ -282,7 +300,6 @@ def build_tensors(
     """Apply ``rules`` to every tensor of ``index`` (or to ``tensors``, e.g. dequantized ones); returns the
     output tensors in natural name order. ``applied`` receives the rules that changed a name or merged tensors,
     in rule order."""
-    forward = rules.direction == "forward"
     inputs = source_tensors(index) if tensors is None else tensors
     rules = rules.bind(inputs)
     outputs: dict[str, PlannedTensor] = {}
@@ -297,7 +314,7 @@ def build_tensors(
                 name = new
         return name
 
-    def add(name: str, vt: VirtualTensor, how: str, rule: int | None = None) -> None:
+    def add(name: str, vt: VirtualTensor, how: How, rule: int | None = None) -> None:
         if name in outputs:
             a, b = outputs[name].sources, vt.origins
             raise TargetCollisionError(
@@ -307,24 +324,20 @@ def build_tensors(
 
     for name in sorted(inputs, key=natural_key):
         vt = inputs[name]
-        renamed = rename(name) if forward else name
-        hit = rules.find_converter(renamed)
-        if hit is None:
-            out = renamed if forward else rename(name)
-            add(out, vt, ("copy" if out == name else "rename") if vt.is_copy else "convert")
+        r = route(rules, name, rename)
+        if r.converter is None:
+            assert r.output is not None
+            add(r.output, vt, (How.COPY if r.output == name else How.RENAME) if vt.is_copy else How.CONVERT)
             continue
-        ci, si, m = hit
-        stars = [int(x) for x in m.groups()]
-        if len(stars) > 1:
+        if len(r.stars) > 1:
             raise UnsupportedError(f"{name}: converter patterns with several '*' are not supported", key=name)
-        key = (ci, renamed[: m.start()], renamed[m.end() :])
-        g = groups.setdefault(key, _Group(ci, key[1], key[2]))
-        g.slots[si].append((stars[0] if stars else None, name, vt))
+        g = groups.setdefault((r.converter, r.prefix, r.suffix), _Group(r.converter, r.prefix, r.suffix))
+        g.slots[r.slot].append((r.stars[0] if r.stars else None, name, vt))
 
     for (ci, prefix, suffix), g in sorted(groups.items(), key=lambda kv: natural_key(kv[0][1] + kv[0][2])):
         conv = rules.converters[ci]
         used.add(id(conv))
-        label = _display(prefix, conv.targets[0].replace("*", "0"), suffix)
+        label = place(prefix, conv.targets[0].replace("*", "0"), suffix)
         ctx = OpContext(label, len(conv.targets), config, conv.sources, conv.targets)
         slots = _build_slots(g, conv)
         for op in conv.ops:
@@ -338,9 +351,8 @@ def build_tensors(
             for idx, vt in items:
                 if (idx is None) != ("*" not in target):
                     raise ShapeError(f"{label}: target {target!r} and op outputs disagree on '*'", key=label)
-                out = _display(prefix, target, suffix, idx)
-                out = out if forward else rename(out)
-                add(out, vt, "copy" if _unchanged(index, out, vt) else "convert", ci)
+                out = output_name(rules, prefix, target, suffix, idx, rename)
+                add(out, vt, How.COPY if _unchanged(index, out, vt) else How.CONVERT, ci)
 
     result = [outputs[k] for k in sorted(outputs, key=natural_key)]
     if applied is not None:
@@ -369,7 +381,7 @@ def _cast(t: PlannedTensor, dtype: str, rules: RuleSet) -> PlannedTensor:
     target = "F32" if dtype in ("BF16", "F16") and keep_fp32_matches(t.name, keep) else dtype
     if target == t.dtype:
         return t
-    return PlannedTensor(t.name, cast(t.tensor, target), t.how + "+cast", t.rule)
+    return replace(t, tensor=kernels.cast(t.tensor, target), cast=True)
 
 
 def assign_shards(tensors: list[PlannedTensor], max_shard_size: int) -> list[PlannedShard]:
@@ -424,7 +436,7 @@ def plan(
     source: str | os.PathLike[str] | Source,
     *,
     model_type: str | None = None,
-    direction: str = "forward",
+    direction: Direction | str = Direction.FORWARD,
     dtype: str | None = None,
     max_shard_size: str | int = DEFAULT_MAX_SHARD_SIZE,
     config: Mapping[str, Any] | None = None,
@@ -443,6 +455,7 @@ def plan(
     would make the output wrong, including names that do not belong to a model of this type
     (:class:`~converter.errors.LayoutMismatchError`; ``check_layout=False`` skips that check, at your own risk).
     """
+    direction = Direction(direction)
     src = open_source(source)
     if config is None:
         config = src.read_config()
@@ -473,12 +486,11 @@ def plan(
     tensors = build_tensors(index, rules, config=config, dtype=d, tensors=inputs, applied=applied)
     if quant is not None and quant.method == "fp8" and not dequantize:
         check_fp8_scales_follow(tensors, rules)
-    model_side = [t.name for t in tensors] if direction == "forward" else list(index.tensors)
+    forward = direction == Direction.FORWARD
+    model_side = [t.name for t in tensors] if forward else list(index.tensors)
     if check_layout:
-        check_model_layout(
-            model_side, mt, src, where="output" if direction == "forward" else "input", config=config
-        )
-    if direction == "forward":
+        check_model_layout(model_side, mt, src, where="output" if forward else "input", config=config)
+    if forward:
         check_nothing_left(tensors, rules)
     if d is not None:
         output_config = config_with_dtype(output_config or config, d)
@@ -596,11 +608,9 @@ def check_dangling(index: CheckpointIndex, rules: RuleSet) -> None:
     """An index entry pointing to no tensor is tolerated (a warning), unless a converter needs it: merging the
     experts that exist would silently give a smaller or shifted stack."""
     for name, file in sorted(index.dangling.items(), key=lambda kv: natural_key(kv[0])):
-        renamed = rules.rename(name) if rules.direction == "forward" else name
-        hit = rules.find_converter(renamed)
-        if hit is not None:
-            ci, _, m = hit
-            target = _display(renamed[: m.start()], rules.converters[ci].targets[0], renamed[m.end() :])
+        r = route(rules, name)
+        if r.converter is not None:
+            target = place(r.prefix, rules.converters[r.converter].targets[0], r.suffix)
             raise MissingExpertError(
                 f"{index.index_file} lists {name} in {file}, but no shard holds it; {target} cannot be built "
                 "without it",
@@ -624,6 +634,7 @@ def _config_dtype(config: Mapping[str, Any] | None) -> str:
 
 
 __all__ = [
+    "How",
     "Plan",
     "PlannedShard",
     "PlannedTensor",

@@ -76,14 +76,6 @@ def dtype_nbytes(dtype: str, shape: Iterable[int]) -> int:
     return bits // 8
 
 
-def itemsize(dtype: str) -> int:
-    """Bytes per element; only for whole-byte dtypes."""
-    bits = DTYPE_BITS[dtype]
-    if bits % 8:
-        raise HeaderError(f"{dtype} has no whole-byte element size")
-    return bits // 8
-
-
 @dataclass(frozen=True)
 class TensorInfo:
     """One tensor of one shard: where its bytes are (absolute offsets in the file)."""

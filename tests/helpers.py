@@ -45,7 +45,7 @@ def write_checkpoint(
 
 def read_tensors(folder: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a checkpoint folder (via our own header reader + torch.frombuffer)."""
-    from converter.rules.ops import to_tensor
+    from converter.kernels import to_tensor
 
     idx = read_local_checkpoint(folder)
     r = LocalReader(folder)
@@ -55,6 +55,16 @@ def read_tensors(folder: Path) -> dict[str, torch.Tensor]:
         }
     finally:
         r.close()
+
+
+def evaluate(vt, reader, device: str | None = None) -> torch.Tensor:
+    """A virtual tensor's value: its pieces read (computed ones worked out on ``device``) into a CPU tensor."""
+    from converter.executor import _Streamer
+    from converter.kernels import to_tensor
+
+    return to_tensor(
+        _Streamer(reader, lambda n: None, device=device).read_tensor(vt, 0, vt.nbytes), vt.dtype, vt.shape
+    )
 
 
 def raw_safetensors(path: Path, header: object, data: bytes = b"", *, length: int | None = None) -> Path:

@@ -40,7 +40,9 @@ def _imports(mods: dict[str, Path]) -> dict[str, set[str]]:
             if isinstance(node, ast.ImportFrom):
                 base = ".".join(pkg[: len(pkg) - node.level + 1] + [node.module or ""]).strip(".")
                 base = base if node.level else (node.module or "")
-                names = [base] + [f"{base}.{a.name}" for a in node.names]
+                subs = [f"{base}.{a.name}" for a in node.names]
+                # ``from . import kernels`` depends on the submodule, not on the package's __init__
+                names = [n for n in subs if n in mods] or [base]
             elif isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             else:

@@ -101,3 +101,26 @@ def test_byte_copy_path_never_imports_torch(tmp_path):
     )
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
+
+
+def test_plan_json_into_a_file_imports_only_what_the_plan_needs(tmp_path):
+    """`ckpt-convert plan SRC --json > file` is on the path of every conversion script: no rich (its JSON is the
+    same text rich writes), no torch, no family module but the checkpoint's, no executor."""
+    write_checkpoint(tmp_path / "src", mixtral_tensors(), config=MIXTRAL_CONFIG)
+    code = (
+        "import sys, io; from service.cli import main; sys.stdout = io.StringIO(); "
+        f"main(['plan', {str(tmp_path / 'src')!r}, '--json']); doc = sys.stdout.getvalue(); "
+        "sys.stdout = sys.__stdout__; "
+        "mods = [m for m in sys.modules if m.split('.')[0] in ('rich', 'torch', 'converter')]; "
+        "import json; print(json.dumps({'doc': json.loads(doc), 'text': doc, 'mods': mods}))"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(p.stdout)
+    assert r["text"] == json.dumps(r["doc"], indent=2, ensure_ascii=False) + "\n"
+    assert r["doc"]["model_type"] == "mixtral" and r["doc"]["counts"]["convert"] == 4
+    mods = set(r["mods"])
+    assert not {m for m in mods if m.split(".")[0] in ("rich", "torch")}
+    assert "converter.executor" not in mods and "converter.conversion_mapping" not in mods
+    assert {m for m in mods if m.startswith("converter.rules.")} >= {"converter.rules.mixtral"}
+    assert "converter.rules.vlm" not in mods

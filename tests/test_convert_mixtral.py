@@ -94,6 +94,21 @@ def test_plan_reads_headers_only_and_describes_pieces(published):
     assert d["tensors_in"] == len(t) and d["noop"] is False
 
 
+def test_a_cast_is_recorded_beside_how_the_tensor_was_made(published):
+    from converter.planner import How
+
+    src, t = published
+    p = plan(src, dtype="fp16")
+    gu = next(x for x in p.tensors if x.name == "model.layers.1.mlp.experts.gate_up_proj")
+    head = next(x for x in p.tensors if x.name == "lm_head.weight")
+    assert (gu.how, gu.cast, head.how, head.cast) == (How.CONVERT, True, How.COPY, True)
+    assert not head.kept and all(x.cast for x in p.tensors)
+    # plans show them as before: how, "+cast"
+    assert (gu.to_dict()["how"], head.to_dict()["how"]) == ("convert+cast", "copy+cast")
+    assert p.counts() == {"copy": 4, "rename": 2, "convert": 4, "cast": len(p.tensors)}
+    assert not p.is_noop and plan(src).counts() == {"copy": 4, "rename": 2, "convert": 4}
+
+
 def test_sharding_and_index(published, tmp_path):
     src, t = published
     result = convert(src, tmp_path / "out", max_shard_size="2KB")

@@ -41,7 +41,9 @@ def _ckpt(folder: Path, big: bool = False) -> Path:
 
 
 def _post(svc, source, dest, **extra):
-    return svc.http.post("/convert", json={"source": str(source), "destination": {"local_path": str(dest)}, **extra})
+    return svc.http.post(
+        "/convert", json={"source": str(source), "destination": {"local_path": str(dest)}, **extra}
+    )
 
 
 def _no_staging(folder: Path) -> bool:
@@ -65,7 +67,9 @@ def test_two_jobs_to_one_destination_never_both_succeed(svc, worker):
     first = _post(svc, src, out, dtype="fp16")
     assert first.status_code == 202
     second = _post(svc, src, out, dtype="fp32")
-    assert second.status_code == 409 and second.json()["detail"]["type"] == "DestinationBusyError", second.text
+    assert second.status_code == 409 and second.json()["detail"]["type"] == "DestinationBusyError", (
+        second.text
+    )
     assert svc.wait(first.json()["id"])["status"] == "succeeded"
     fp16 = read_tensors(out)
     # afterwards: without overwrite the finished output stays; with it, it is replaced (old removed after)
@@ -166,7 +170,9 @@ def test_hostile_requests_get_typed_4xx(svc):
         ({"source": str(svc.root) + "/\ud800"}, 422),
     ]:
         payload = {"source": str(src), "destination": {"local_path": str(svc.root / "o8")}, **body}
-        r = svc.http.post("/convert", content=json.dumps(payload).encode(), headers={"content-type": "application/json"})
+        r = svc.http.post(
+            "/convert", content=json.dumps(payload).encode(), headers={"content-type": "application/json"}
+        )
         assert r.status_code == status, (body, r.status_code, r.text)
     loop = svc.root / "loop"
     loop.symlink_to(loop)

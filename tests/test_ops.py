@@ -1,16 +1,14 @@
-"""Each op, applied to byte pieces, gives exactly the bytes torch gives; each inverse undoes it."""
+"""Each op, applied to byte pieces, gives exactly the bytes torch gives; each inverse undoes it; each is JSON.
+
+The arithmetic kernels (transpose, cast, dequantize) and devices are tested in test_kernels.py."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from helpers import write_checkpoint
+from helpers import evaluate
 
-from converter.checkpoint import read_local_checkpoint
-from converter.executor import _Streamer
-from converter.layout import VirtualTensor, from_file
 from converter.rules import (
-    Cast,
     Chunk,
     Concat,
     Conv3dToLinear,
@@ -26,32 +24,7 @@ from converter.rules import (
     Unstack,
     op_from_dict,
 )
-from converter.rules.ops import OpContext, to_tensor
-from converter.storage import LocalReader
-
-DT = {torch.bfloat16: "BF16", torch.float32: "F32", torch.float16: "F16", torch.int32: "I32"}
-
-
-@pytest.fixture
-def vts(tmp_path):
-    """Write tensors to a checkpoint and return VirtualTensors over them plus a reader to evaluate pieces."""
-    readers = []
-
-    def make(tensors: dict[str, torch.Tensor]):
-        folder = write_checkpoint(tmp_path / f"ck{len(readers)}", tensors, shards=2)
-        idx = read_local_checkpoint(folder)
-        r = LocalReader(folder)
-        readers.append(r)
-        vt = {n: from_file(n, i.dtype, i.shape, i.file, i.offset, i.length) for n, i in idx.tensors.items()}
-        return vt, r
-
-    yield make
-    for r in readers:
-        r.close()
-
-
-def evaluate(vt: VirtualTensor, reader) -> torch.Tensor:
-    return to_tensor(_Streamer(reader, lambda n: None).read_tensor(vt, 0, vt.nbytes), vt.dtype, vt.shape)
+from converter.rules.ops import OpContext
 
 
 def run(op, slots, n_targets=1, config=None):
@@ -113,38 +86,6 @@ def test_interleave_matches_transformers_definition(vts, dim):
     assert torch.equal(evaluate(out, r), want)
     (back,) = run(Interleave(dim).inverse, [out])
     assert torch.equal(evaluate(back, r), t)
-
-
-@pytest.mark.parametrize("dims", [(1, 2), (0, 1), (0, 2), (2, 1)])
-def test_transpose(vts, dims):
-    t = rand(3, 4, 5)
-    vt, r = vts({"t": t})
-    (out,) = run(Transpose(*dims), [vt["t"]])
-    assert not out.is_copy
-    assert torch.equal(evaluate(out, r), t.transpose(*dims).contiguous())
-    (back,) = run(Transpose(*dims).inverse, [out])
-    assert torch.equal(evaluate(back, r), t)
-
-
-def test_transpose_of_a_size_one_dim_moves_no_bytes(vts):
-    vt, r = vts({"t": rand(1, 4, 5)})
-    (out,) = run(Transpose(0, 1), [vt["t"]])
-    assert out.is_copy and out.shape == (4, 1, 5)
-
-
-@pytest.mark.parametrize("to", [torch.bfloat16, torch.float16, torch.float32])
-@pytest.mark.parametrize("frm", [torch.float32, torch.bfloat16, torch.float16])
-def test_cast_is_torch_to(vts, frm, to):
-    t = torch.cat(
-        [
-            rand(1000, dtype=torch.float32) * 1e4,
-            torch.tensor([float("inf"), float("-inf"), 1e-40, 65519.0, 70000.0]),
-        ]
-    )
-    t = t.to(frm)
-    vt, r = vts({"t": t})
-    (out,) = run(Cast(DT[to]), [vt["t"]])
-    assert torch.equal(evaluate(out, r).view(torch.uint8), t.to(to).view(torch.uint8))
 
 
 def test_conv3d_reshape_is_a_view(vts):
@@ -256,54 +197,3 @@ def test_transpose_check_dims_decides_from_the_config(vts):
     # the inverse writes the Hub's transposed layout back
     (back,) = run(op.inverse, [kept], config=config)
     assert back.shape == (4, 8, 12)
-
-
-@pytest.mark.parametrize("scale_dtype", [torch.float32, torch.uint8])
-@pytest.mark.parametrize("lead", [(), (3,)])
-def test_fp8_dequantize_is_transformers(vts, lead, scale_dtype):
-    fp8 = pytest.importorskip("transformers.integrations.finegrained_fp8")
-    w = (rand(*lead, 16, 24, dtype=torch.float32) * 4).to(torch.float8_e4m3fn)
-    if scale_dtype == torch.uint8:
-        s = torch.randint(
-            118, 130, (*lead, 2, 3), generator=torch.Generator().manual_seed(1), dtype=torch.uint8
-        )
-    else:
-        s = rand(*lead, 2, 3, dtype=torch.float32).abs()
-    vt, r = vts({"w": w, "s": s})
-    (out,) = run(Fp8Dequantize("BF16"), [vt["w"], vt["s"]])
-    want = fp8.Fp8Dequantize(None)._dequantize_one(w, s, output_dtype=torch.bfloat16)
-    assert torch.equal(evaluate(out, r).view(torch.int16), want.view(torch.int16))
-    assert out.pieces[0].source.slice_bytes < out.nbytes  # one block row at a time
-
-
-def test_mxfp4_dequantize_is_transformers(vts):
-    mx = pytest.importorskip("transformers.integrations.mxfp4")
-    g = torch.Generator().manual_seed(0)
-    blocks = torch.randint(0, 256, (3, 8, 2, 16), generator=g, dtype=torch.uint8)
-    scales = torch.randint(110, 140, (3, 8, 2), generator=g, dtype=torch.uint8)
-    vt, r = vts({"b": blocks, "s": scales})
-    (out,) = run(Mxfp4Dequantize("BF16"), [vt["b"], vt["s"]])
-    want = mx.convert_moe_packed_tensors(blocks, scales, dtype=torch.bfloat16)
-    assert out.shape == tuple(want.shape) == (3, 64, 8)
-    assert torch.equal(evaluate(out, r).view(torch.int16), want.view(torch.int16))
-
-
-def test_compute_device_follows_the_environment(monkeypatch):
-    torch = pytest.importorskip("torch")
-    from converter.errors import UnsupportedError
-    from converter.rules import ops
-
-    ops.compute_device.cache_clear()
-    monkeypatch.setenv("CKPT_CONVERT_DEVICE", "cpu")
-    assert ops.compute_device() == "cpu"
-    ops.compute_device.cache_clear()
-    monkeypatch.setenv("CKPT_CONVERT_DEVICE", "cuda")
-    if torch.cuda.is_available():
-        assert ops.compute_device() == "cuda"
-    else:
-        with pytest.raises(UnsupportedError, match="no CUDA device"):
-            ops.compute_device()
-    ops.compute_device.cache_clear()
-    monkeypatch.delenv("CKPT_CONVERT_DEVICE")
-    assert ops.compute_device() == ("cuda" if torch.cuda.is_available() else "cpu")
-    ops.compute_device.cache_clear()

@@ -15,6 +15,8 @@ A model type that ``tiny_models`` builds but the registry marks unsupported must
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -24,6 +26,7 @@ from helpers import assert_same_tensors, read_tensors  # noqa: E402
 
 from converter import convert, plan  # noqa: E402
 from converter.errors import UnsupportedError  # noqa: E402
+from converter.preview import preview  # noqa: E402
 from converter.rules import get_entry  # noqa: E402
 
 #: every buildable type we convert (or that needs no conversion), and composites whose text model converts
@@ -73,6 +76,37 @@ def test_reverse_round_trip(cases, model_type):
     root, _, _ = cases(model_type)
     convert(root / "ours", root / "back", direction="reverse")
     assert_same_tensors(read_tensors(root / "back"), read_tensors(root / "published"))
+
+
+def _names(template: str, name: str) -> bool:
+    """Whether a preview target (``*`` for an expert index) names ``name``."""
+    return re.fullmatch(re.escape(template).replace(r"\*", r"\d+"), name) is not None
+
+
+@pytest.mark.parametrize("model_type", MODEL_TYPES)
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_preview_names_what_the_planner_writes(cases, model_type, direction):
+    """On the oracle's names, each source tensor previews to the outputs the planner makes of it, both ways."""
+    root, _, _ = cases(model_type)
+    p = plan(root / ("published" if direction == "forward" else "ours"), direction=direction)
+    shown = {
+        e["source"]: e
+        for e in preview(list(p.source_index.tensors), p.model_type, direction=direction, config=p.config)
+    }
+    assert sorted(shown) == sorted(p.source_index.tensors)
+    made: dict[str, list] = {}
+    for t in p.tensors:
+        for s in t.sources:
+            made.setdefault(s, []).append(t)
+    assert sorted(made) == sorted(shown)  # every source tensor goes somewhere (the oracle drops none)
+    for source, outputs in made.items():
+        e = shown[source]
+        for t in outputs:
+            assert any(_names(x, t.name) for x in e["targets"]), (source, t.name, e["targets"])
+            if e["rule"] is None:  # a rename or a copy: the same name and the same word for it
+                assert [t.how] == [e["how"]] and e["targets"] == [t.name]
+            else:
+                assert t.rule is not None and p.ruleset.converters[t.rule].to_dict() == e["rule"]
 
 
 @pytest.mark.parametrize("model_type", MODEL_TYPES)

@@ -143,3 +143,79 @@ def test_nemo_key_mapping_keeps_scopes():
     # outside the scoped language model the scoped renames do nothing
     name = "model.vision_tower.transformer.layers.0.attention_norm.weight"
     assert first_match(name) == name
+
+
+# --- the registry is lazy: a family module is imported when one of its keys is first looked up ------------------
+
+LAZY_PROBE = """
+import json, sys
+from converter.rules import index
+
+FAMILIES = {*index.MODEL_TYPES, *index.CLASS_KEYS}
+
+
+def families():
+    return sorted(m for m in FAMILIES if f"converter.rules.{m}" in sys.modules)
+
+
+import converter.rules
+from converter.rules import get_entry, rules_for, REGISTRY, SUBMODELS, model_types
+
+out = {"import": families(), "torch": "torch" in sys.modules}
+get_entry("mixtral")
+out["mixtral"] = families()
+rules_for("mixtral")
+out["rules_for mixtral"] = families()
+rules_for("llava", config={"text_config": {"model_type": "qwen3_moe"}})
+out["llava with a qwen3_moe text model"] = families()
+out["model_types"] = len(model_types())
+out["all"] = families()
+out["registered"] = {"types": sorted(REGISTRY), "classes": sorted(SUBMODELS)}
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="module")
+def lazy_probe():
+    p = subprocess.run([sys.executable, "-c", LAZY_PROBE], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def test_importing_the_rules_imports_no_family_module(lazy_probe):
+    assert lazy_probe["import"] == [] and not lazy_probe["torch"]
+
+
+def test_a_lookup_imports_only_the_families_it_needs(lazy_probe):
+    assert lazy_probe["mixtral"] == lazy_probe["rules_for mixtral"] == ["mixtral"]
+    # llava (vlm.py) nests aria_text (granitemoe.py) in aria; the config nests a qwen3_moe (qwen2_moe.py)
+    assert lazy_probe["llava with a qwen3_moe text model"] == ["granitemoe", "mixtral", "qwen2_moe", "vlm"]
+    from converter.rules import index
+
+    assert lazy_probe["all"] == sorted({*index.MODEL_TYPES, *index.CLASS_KEYS})
+    assert lazy_probe["model_types"] == len(lazy_probe["registered"]["types"])
+
+
+def test_the_index_is_what_the_family_modules_register(lazy_probe):
+    # register() refuses a key that the index lists under another module (the probe imported every family
+    # through the lazy lookups), so equal sets mean each key is indexed under the module that registers it
+    from converter.rules import index
+
+    assert lazy_probe["registered"]["types"] == sorted(k for v in index.MODEL_TYPES.values() for k in v)
+    assert lazy_probe["registered"]["classes"] == sorted(k for v in index.CLASS_KEYS.values() for k in v)
+
+
+def test_register_refuses_a_key_missing_from_the_index_or_under_another_module():
+    from converter.rules import registry
+
+    get_entry("mixtral")  # registered (once) before registering it again
+    with pytest.raises(ValueError, match="not listed in converter/rules/index.py"):
+        registry.register("no_such_model_type", (), family="test")
+    registry._loading.append("vlm")
+    try:
+        with pytest.raises(ValueError, match="'mixtral' is registered by vlm.py, index.py says mixtral.py"):
+            registry.register("mixtral", (), family="test")
+    finally:
+        registry._loading.pop()
+    with pytest.raises(ValueError, match="registered twice"):
+        registry.register("mixtral", (), family="test")

@@ -142,3 +142,15 @@ def test_merge_list_is_derived_from_the_rules():
         "granitemoe"
     )
     assert not converter.requires_tensor_merging("llava") and not converter.requires_tensor_merging("nope")
+
+
+def test_direction_is_an_enum_that_still_takes_and_gives_plain_strings():
+    from converter import Direction
+
+    assert Direction("reverse") is Direction.REVERSE and Direction.FORWARD == "forward"
+    rs = rules_for("mixtral", direction="reverse")
+    assert rs.direction is Direction.REVERSE
+    assert json.loads(json.dumps(rs.to_dict()))["direction"] == "reverse" and f"{rs.direction}" == "reverse"
+    assert rules_for("mixtral", direction=Direction.REVERSE) == rs
+    with pytest.raises(ValueError, match="direction must be 'forward' or 'reverse', not 'sideways'"):
+        rules_for("mixtral", direction="sideways")

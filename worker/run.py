@@ -37,7 +37,7 @@ def conversion_job(rec: dict[str, Any], settings: Settings, token: str | None, *
     return ConversionJob(
         spec_of(rec), token=token, endpoint=settings.hf_endpoint, tag=rec["id"],
         max_bytes_per_second=settings.max_bytes_per_second or None, roots=settings.local_roots,
-        max_output_bytes=settings.max_output_bytes or None, **kw,
+        max_output_bytes=settings.max_output_bytes or None, device=settings.device, **kw,
     )  # fmt: skip
 
 

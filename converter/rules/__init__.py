@@ -6,33 +6,13 @@
 ['mlp.experts.gate_up_proj']
 
 ``from_transformers(model_type)`` translates the installed transformers' rules for a type not registered here;
-``quantization.py`` adds what pre-quantized (FP8, MXFP4) checkpoints need.
+``quantization.py`` adds what pre-quantized (FP8, MXFP4) checkpoints need. Importing this package imports no
+family module: the registry imports each when one of its model types is first looked up (``index.py``).
 """
 
-from . import (  # noqa: F401  (register families)
-    audio,
-    detection,
-    dots,
-    ernie_vl,
-    feed_forward_moe,
-    granitemoe,
-    inkling,
-    kimi,
-    legacy,
-    linear_attention,
-    mixtral,
-    native_layouts,
-    nemotron,
-    ocr,
-    qwen2_moe,
-    qwen_vl,
-    step,
-    text,
-    vision,
-    vlm,
-)
 from .core import (
     Convert,
+    Direction,
     RegexRename,
     Rename,
     RenameGroup,
@@ -86,6 +66,7 @@ __all__ = [
     "Concat",
     "Conv3dToLinear",
     "Convert",
+    "Direction",
     "ErnieFuseAndSplitTextVisionExperts",
     "ErnieSplitAndDecoupleTextVisionExperts",
     "Fp8Dequantize",

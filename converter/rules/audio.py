@@ -1,7 +1,6 @@
 """Speech and audio models: audio-LMs built like LLaVA (``audio_tower`` + projector + language model), NeMo-style
 ASR/speech-LM checkpoints, codecs (Mimi) and TTS, published under their original module names."""
 
-from . import nemotron  # noqa: F401  (registers the sub-models nested here)
 from .core import Convert, Rename
 from .ops import Chunk, PermuteForRope, Transpose
 from .registry import Nested, alias, register, register_submodel, submodel_alias

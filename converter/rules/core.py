@@ -27,11 +27,25 @@ import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any
 
 from .ops import Op, op_from_dict
 
 Scope = tuple[tuple[str, tuple[str, ...]], ...]
+
+
+class Direction(StrEnum):
+    """Which way a conversion goes: ``FORWARD`` from the published (Hub) layout to the one transformers loads,
+    ``REVERSE`` back. A ``str``: it equals, prints and serialises as ``"forward"`` / ``"reverse"``, and
+    ``Direction("reverse")`` is ``Direction.REVERSE``."""
+
+    FORWARD = "forward"
+    REVERSE = "reverse"
+
+    @classmethod
+    def _missing_(cls, value: object) -> Direction:
+        raise ValueError(f"direction must be 'forward' or 'reverse', not {value!r}")
 
 
 @dataclass(frozen=True)
@@ -478,7 +492,7 @@ class RuleSet:
     """
 
     model_type: str
-    direction: str  # "forward" | "reverse"
+    direction: Direction
     renames: tuple[RenameRule, ...]
     converters: tuple[Convert, ...]
     #: names of params transformers keeps in float32 under a bf16/fp16 cast (``_keep_in_fp32_modules_strict``)
@@ -517,7 +531,7 @@ class RuleSet:
     @property
     def rules(self) -> tuple[Rule, ...]:
         """All rules in the order they are listed (renames first in forward, converters first in reverse)."""
-        if self.direction == "forward":
+        if self.direction == Direction.FORWARD:
             return (*self.renames, *self.converters)
         return (*self.converters, *self.renames)
 

@@ -2,7 +2,6 @@
 fused ``in_proj`` chunked into q/k/v. Several are keyed by class in transformers (``DetrModel``,
 ``ConditionalDetrForSegmentation``...): their rules live in :data:`SUBMODELS`."""
 
-from . import vision  # noqa: F401  (registers the sub-models nested here)
 from .core import Convert, Rename
 from .ops import Chunk
 from .registry import Nested, alias, register, register_submodel, submodel_alias

@@ -1,9 +1,9 @@
 """dots.ocr-3 "note" models: a vision encoder with MoE layers (``fc1``/``fc3``/``fc2`` experts), a speech encoder,
 and the wrappers that place them (class-keyed in transformers)."""
 
+from .common import QWEN2_MOE
 from .core import Convert, Rename, prefix_change
 from .ops import Concat, Stack
-from .qwen2_moe import QWEN2_MOE
 from .registry import register, register_submodel
 
 SPEECH = "speech_encoder"

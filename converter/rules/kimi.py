@@ -4,9 +4,9 @@
 ``norm0 -> norm1, norm1 -> norm2`` (and ``fc0/fc1``) are rename groups: applied at once, and only to checkpoints
 that still have ``norm0``, so an already converted checkpoint is not shifted again."""
 
+from .common import QWEN2_MOE
 from .core import Convert, Rename, RenameGroup
 from .ops import Chunk, PermuteForRope
-from .qwen2_moe import QWEN2_MOE
 from .registry import Nested, register
 
 BLOCK = "vision_tower.encoder.blocks.*"

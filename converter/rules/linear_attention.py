@@ -2,11 +2,9 @@
 short convolutions (``q_conv1d``, ``k_conv1d``, ``v_conv1d``) are concatenated into one ``conv1d`` (dim 0).
 Their MoE layers use the Qwen2-MoE (bailing_hybrid, glm5_next) or Mixtral (kimi_linear) expert layout."""
 
-from .common import merge_experts
+from .common import E_SCORE, MIXTRAL, QWEN2_MOE, merge_experts
 from .core import Convert, Rename, Rule
-from .mixtral import MIXTRAL
 from .ops import Concat
-from .qwen2_moe import E_SCORE, QWEN2_MOE
 from .registry import Nested, alias, register
 
 

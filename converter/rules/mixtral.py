@@ -1,12 +1,8 @@
 """Mixtral-style MoE: ``block_sparse_moe.experts.{e}.w1/w3/w2.weight`` (gate/up/down), router ``gate``."""
 
-from .common import merge_experts
+from .common import MIXTRAL
 from .core import Rename
 from .registry import alias, register
-
-#: per-expert w1 (gate), w3 (up), w2 (down) under any `experts`
-EXPERTS_W1_W3 = merge_experts("experts", gate="w1.weight", up="w3.weight", down="w2.weight")
-MIXTRAL = (Rename("block_sparse_moe", "mlp"), *EXPERTS_W1_W3)
 
 register("mixtral", MIXTRAL, family="mixtral")
 alias("minimax", "mixtral")

@@ -7,8 +7,8 @@ attention norms, not ``model.norm``; transformers falls back to the original nam
 parameter), the rules name the places precisely instead.
 """
 
+from .common import EXPERTS_W1_W3
 from .core import Convert, Rename
-from .mixtral import EXPERTS_W1_W3
 from .ops import Concat, PermuteForRope
 from .registry import Nested, register
 

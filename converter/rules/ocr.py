@@ -1,9 +1,9 @@
 """OCR models built from a SAM encoder, a Qwen2/ViT vision encoder and a (MoE) language model, published under
 their original module names (``sam_model``, ``qwen2_model.model.model``, ``projector.layers``, ``mlp1``)."""
 
+from .common import QWEN2_MOE
 from .core import Convert, Rename
 from .ops import Chunk
-from .qwen2_moe import QWEN2_MOE
 from .registry import Nested, register, register_submodel
 
 SAM = "vision_tower.sam_encoder"

@@ -9,7 +9,7 @@ rules, and dequantization.
 * MXFP4 (``quant_method: mxfp4``; gpt_oss ``*_blocks`` / ``*_scales``): kept as is by default.
 
 With ``dequantize``, each quantized tensor becomes a computed tensor before any rule runs, one block row / one
-expert at a time (:func:`~converter.rules.ops.fp8_dequantize`, :func:`~converter.rules.ops.mxfp4_dequantize`),
+expert at a time (:func:`~converter.kernels.fp8_dequantize`, :func:`~converter.kernels.mxfp4_dequantize`),
 bit for bit what transformers' ``Fp8Dequantize`` / ``Mxfp4Dequantize`` produce; the output config.json then
 drops ``quantization_config``.
 """
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UnsupportedError
+from ..kernels import fp8_dequantize, mxfp4_dequantize
 from ..layout import VirtualTensor
 from .core import Convert, Rename
-from .ops import OpContext, fp8_dequantize, mxfp4_dequantize
 
 #: quant_method values this library converts
 SUPPORTED_METHODS = ("fp8", "mxfp4")
@@ -87,7 +87,7 @@ def check_fp8_scales_follow(tensors: Iterable[Any], rules: Any) -> None:
     grid behind, silently wrong. Refused; ``--dequantize`` handles it."""
     twins = {(c.sources, c.ops) for c in rules.converters}
     for t in tensors:
-        if t.how.split("+")[0] != "convert" or t.dtype not in FP8_WEIGHT_DTYPES or t.rule is None:
+        if t.how != "convert" or t.dtype not in FP8_WEIGHT_DTYPES or t.rule is None:
             continue
         conv = rules.converters[t.rule]
         if (tuple(s + "_scale_inv" for s in conv.sources), conv.ops) not in twins:
@@ -120,8 +120,7 @@ def dequantize_tensors(
             scale = by_pair_name.get(key + "_scale_inv")
             if vt.dtype not in FP8_WEIGHT_DTYPES or scale is None:
                 continue
-            ctx = OpContext(name, 1)
-            out[name] = fp8_dequantize(vt, tensors[scale], dtype, ctx)
+            out[name] = fp8_dequantize(vt, tensors[scale], dtype, name)
             del out[scale]
             head = key.rpartition(".")[0]
             act = by_pair_name.get(f"{head}.activation_scale" if head else "activation_scale")
@@ -132,8 +131,7 @@ def dequantize_tensors(
         if not name.endswith("_blocks") or name[: -len("_blocks")] + "_scales" not in tensors:
             continue
         base = name[: -len("_blocks")]
-        ctx = OpContext(base, 1)
-        out[base] = mxfp4_dequantize(vt, tensors[base + "_scales"], dtype, ctx)
+        out[base] = mxfp4_dequantize(vt, tensors[base + "_scales"], dtype, base)
         del out[name], out[base + "_scales"]
     return out
 

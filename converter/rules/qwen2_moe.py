@@ -3,16 +3,12 @@
 Most DeepSeek/GLM/OLMoE/... types reuse these rules unchanged (transformers' ``_MODEL_TO_CONVERSION_PATTERN``).
 """
 
-from .common import merge_experts
+from .common import E_SCORE, QWEN2_MOE
 from .core import Rename
 from .registry import alias, register
 
-QWEN2_MOE = merge_experts(
-    "mlp.experts", gate="gate_proj.weight", up="up_proj.weight", down="down_proj.weight"
-)
 register("qwen2_moe", QWEN2_MOE, family="qwen2_moe")
 
-E_SCORE = ("e_score_correction_bias",)
 # model_type -> (transformers' _keep_in_fp32_modules_strict, _keep_in_fp32_modules (fp16 only))
 ALIASES: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "qwen3_moe": ((), ()),

@@ -6,9 +6,9 @@ dropping ``language_model.`` (a prefix change transformers does not write back: 
 publishes its experts fused and transposed.
 """
 
+from .common import QWEN2_MOE
 from .core import Convert, Rename, prefix_change
 from .ops import Concat, Transpose
-from .qwen2_moe import QWEN2_MOE
 from .registry import SUBMODELS, Nested, alias, register, register_submodel, submodel_alias
 
 # classes nested at the root / under `model` (Qwen2VLForConditionalGeneration, Qwen2VLModel)

@@ -1,7 +1,9 @@
 """The registry: conversion rules per ``model_type``, and how a :class:`RuleSet` is assembled from them.
 
-Family modules (``mixtral.py``, ``qwen2_moe.py``, ...) call :func:`register` / :func:`alias` at import; the
-registry is complete once ``converter.rules`` is imported.
+Family modules (``mixtral.py``, ``qwen2_moe.py``, ...) call :func:`register` / :func:`alias` at import. They are
+imported lazily: :data:`REGISTRY` and :data:`SUBMODELS` import the family that registers a key (``index.py``) the
+first time the key is looked up, so ``rules_for("mixtral")`` imports ``mixtral.py`` and nothing else, a family
+whose rules nest another's brings that one in through the same lookups, and listing the keys imports them all.
 
 transformers keys its rules by ``model_type`` *or* by class name; a class's rules apply to that class wherever it
 is nested (``LlavaModel`` under ``model``, ``CLIPVisionModel`` under ``model.vision_tower``), scoped to its module
@@ -13,12 +15,28 @@ from __future__ import annotations
 
 import difflib
 import functools
-from collections.abc import Iterable, Mapping
+import importlib
+import threading
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ..errors import UnknownModelTypeError, UnsupportedError
-from .core import Convert, RegexRename, Rename, RenameGroup, Rule, RuleSet, Scope, applies, config_get, scoped
+from . import index
+from .core import (
+    Convert,
+    Direction,
+    RegexRename,
+    Rename,
+    RenameGroup,
+    Rule,
+    RuleSet,
+    Scope,
+    applies,
+    config_get,
+    scoped,
+)
+from .legacy import LEGACY
 from .tables import auto_class, head_class, known_model_types
 from .tables import submodels as table_submodels
 
@@ -130,22 +148,88 @@ class ModelTypeEntry:
         return out
 
 
-REGISTRY: dict[str, ModelTypeEntry] = {}
+#: family modules being imported by :func:`load_family`, innermost last (what a ``register`` call belongs to)
+_loading: list[str] = []
+#: one lazy import at a time: a family's registrations stay attributed to it, and no thread sees half of one
+_load_lock = threading.RLock()
+
+
+def load_family(module: str) -> None:
+    """Import the family module ``converter.rules.<module>`` (a no-op once it is imported)."""
+    with _load_lock:
+        if module in _loading:
+            raise RuntimeError(f"family {module} looked up a key of its own before registering it")
+        _loading.append(module)
+        try:
+            importlib.import_module(f"{__package__}.{module}")
+        finally:
+            _loading.pop()
+
+
+def load_all() -> None:
+    """Import every family module: what listing the registry needs."""
+    for module in sorted({*index.MODEL_TYPES, *index.CLASS_KEYS}):
+        load_family(module)
+
+
+E = TypeVar("E")
+
+
+class LazyTable(Mapping[str, E], Generic[E]):
+    """Registry entries by key, filled by family modules as they are imported. Looking a key up imports the family
+    that registers it (``where``, from ``index.py``); ``in`` answers from the index alone; iterating or sizing the
+    table imports every family."""
+
+    def __init__(self, what: str, where: Mapping[str, tuple[str, ...]]) -> None:
+        self.what = what
+        self.where = {key: module for module, keys in where.items() for key in keys}
+        self.entries: dict[str, E] = {}
+
+    def __getitem__(self, key: str) -> E:
+        entry = self.entries.get(key)
+        if entry is None and key in self.where:
+            load_family(self.where[key])
+            entry = self.entries.get(key)
+        if entry is None:
+            raise KeyError(key)
+        return entry
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.entries or key in self.where
+
+    def __iter__(self) -> Iterator[str]:
+        load_all()
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        load_all()
+        return len(self.entries)
+
+    def add(self, key: str, entry: E) -> E:
+        """Register ``entry``: the key must be new, and listed in ``index.py`` under the family importing it."""
+        module = self.where.get(key)
+        if module is None:
+            raise ValueError(f"{self.what} {key!r} is not listed in converter/rules/index.py")
+        if _loading and _loading[-1] != module:
+            raise ValueError(
+                f"{self.what} {key!r} is registered by {_loading[-1]}.py, index.py says {module}.py"
+            )
+        if key in self.entries:
+            raise ValueError(f"{self.what} {key!r} registered twice")
+        self.entries[key] = entry
+        return entry
+
+
+REGISTRY: LazyTable[ModelTypeEntry] = LazyTable("model_type", index.MODEL_TYPES)
 #: class-keyed (nested sub-model) rule sets, by transformers' key
-SUBMODELS: dict[str, SubmodelEntry] = {}
-#: transformers' ``"legacy"`` renames, appended last when ``add_legacy`` (set by ``legacy.py``)
-LEGACY: list[Rename] = []
+SUBMODELS: LazyTable[SubmodelEntry] = LazyTable("sub-model rules", index.CLASS_KEYS)
 
 
 def register_submodel(
     key: str, rules: Iterable[Rule], *, family: str, alias_of: str | None = None
 ) -> SubmodelEntry:
     """Rules transformers keys by class name; see :class:`SubmodelEntry`."""
-    if key in SUBMODELS:
-        raise ValueError(f"sub-model rules {key!r} registered twice")
-    entry = SubmodelEntry(key, tuple(rules), family, alias_of)
-    SUBMODELS[key] = entry
-    return entry
+    return SUBMODELS.add(key, SubmodelEntry(key, tuple(rules), family, alias_of))
 
 
 def submodel_alias(key: str, base: str) -> SubmodelEntry:
@@ -179,11 +263,11 @@ def register(
 ) -> ModelTypeEntry:
     """Register a model type: its own rules (or, with ``root_class``, that class's rules, as transformers looks a
     root class up before its model_type), then the rules of the sub-models it nests, scoped to their paths."""
-    if model_type in REGISTRY:
-        raise ValueError(f"model_type {model_type!r} registered twice")
     root = tuple(rules)
     nested = tuple(submodels)
-    composed = list(SUBMODELS[root_class].rules if root_class in SUBMODELS else root)
+    composed = list(
+        SUBMODELS[root_class].rules if root_class is not None and root_class in SUBMODELS else root
+    )
     for n in nested:
         composed.extend(scoped(n.path, nested_rules(n.key), n.when))
     entry = ModelTypeEntry(
@@ -200,8 +284,7 @@ def register(
         tuple(quantized),
         root_class,
     )
-    REGISTRY[model_type] = entry
-    return entry
+    return REGISTRY.add(model_type, entry)
 
 
 def alias(model_type: str, base: str, **overrides: Any) -> ModelTypeEntry:
@@ -343,19 +426,18 @@ def build_ruleset(
     model_type: str,
     rules: Iterable[Rule],
     *,
-    direction: str = "forward",
+    direction: Direction | str = Direction.FORWARD,
     config: Mapping[str, Any] | None = None,
     keep_fp32: Iterable[str] = (),
     keep_fp32_for_fp16: Iterable[str] = (),
 ) -> RuleSet:
     """Split rules into renames and converters, drop those whose ``when`` excludes ``config``, and invert them
     for ``direction="reverse"``."""
-    if direction not in ("forward", "reverse"):
-        raise ValueError(f"direction must be 'forward' or 'reverse', not {direction!r}")
+    direction = Direction(direction)
     active = [r for r in rules if applies(r, config)]
     renames = [r for r in active if isinstance(r, (Rename, RenameGroup, RegexRename))]
     converters = [r for r in active if isinstance(r, Convert)]
-    if direction == "reverse":
+    if direction == Direction.REVERSE:
         renames = [r.reversed() for r in reversed(renames) if r.reversible]
         converters = [c.reversed() for c in converters]
     return RuleSet(
@@ -371,7 +453,7 @@ def build_ruleset(
 def rules_for(
     model_type: str,
     *,
-    direction: str = "forward",
+    direction: Direction | str = Direction.FORWARD,
     config: Mapping[str, Any] | None = None,
     add_legacy: bool = True,
     key_mapping: Mapping[str, str] | None = None,

@@ -5,7 +5,6 @@ Many of these are keyed by class in transformers (``ViTModel``, ``Dinov2Model``,
 live in :data:`SUBMODELS` and apply wherever the class is (at the root, or nested in a larger model).
 """
 
-from . import vlm  # noqa: F401  (registers the sub-models nested here)
 from .core import Convert, Rename, prefix_change
 from .ops import Chunk
 from .registry import Nested, alias, register, register_submodel, submodel_alias

@@ -4,7 +4,6 @@ towers under ``model.vision_tower``, whose ``vision_model.`` level transformers 
 keeps, so it is reversed too).
 """
 
-from . import granitemoe  # noqa: F401  (registers aria_text, nested in aria)
 from .core import Convert, Rename, prefix_change
 from .ops import Chunk, Concat, Split
 from .registry import Nested, alias, register, register_submodel, submodel_alias
