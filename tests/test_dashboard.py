@@ -187,8 +187,9 @@ def test_submit_watch_job_rules_preview(svc, browser):
         # the rules browser: search, open mixtral, its rules both ways in words, and a name preview
         page.get_by_role("link", name="Rules", exact=True).click()
         page.get_by_label("Search model types").fill("mixt")
+        # the list holds every model type transformers knows: wait for the filter to apply
+        wait_until(lambda: page.locator("#rules-table tbody tr").count() < 10, timeout=20, what="the filter")
         page.get_by_role("link", name="mixtral", exact=True).wait_for()
-        assert page.locator("#rules-table tbody tr").count() < 10
         page.get_by_role("link", name="mixtral", exact=True).click()
         page.wait_for_url("**/ui/rules/mixtral")
         fwd = page.locator("#rules-forward")
