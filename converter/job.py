@@ -77,7 +77,7 @@ class ConversionJob:
         self.spec, self.token, self.endpoint, self.tag, self.roots = spec, token, endpoint, tag, roots
         self.max_bytes_per_second, self.device = max_bytes_per_second, device
         self.max_output_bytes = max_output_bytes
-        self.key = spec.key()
+        self.key = spec.content_key()
         self.source: Source = open_source(spec.source, token=token, endpoint=endpoint, roots=roots)
         self._headers = headers
         self._plan: Plan | None = None

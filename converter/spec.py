@@ -217,8 +217,21 @@ class JobSpec:
         return cls(**fields)
 
     def key(self) -> str:
-        """The conversion key: the same conversion (same source commit or fingerprint, options and destination)
-        has the same key, whichever job runs it. 16 hex digits, recorded in every output shard's metadata."""
+        """The request key: the same conversion (same source commit or fingerprint, options) to the same destination
+        has the same key, whichever job runs it (16 hex digits; the service's idempotency)."""
         d = self.to_dict()
         d.pop("extra")
-        return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+        return _digest(d)
+
+    def content_key(self) -> str:
+        """The conversion key: what decides the output's bytes (source commit or fingerprint, model_type, options),
+        not where it goes. Recorded in every output shard's metadata, so the same conversion writes the same bytes
+        anywhere, and a destination that holds it is recognised."""
+        d = self.to_dict()
+        for k in ("extra", "destination"):
+            d.pop(k)
+        return _digest(d)
+
+
+def _digest(d: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(d, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]

@@ -13,7 +13,7 @@ from helpers import MIXTRAL_CONFIG, evaluate, mixtral_tensors, write_checkpoint
 
 from converter import kernels
 from converter.errors import UnsupportedError
-from converter.executor import convert
+from converter.job import convert
 from converter.rules import Cast, Fp8Dequantize, Mxfp4Dequantize, Transpose
 from converter.rules.ops import OpContext
 
