@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from jobs.secret import new_secret
 from jobs.store import JobStore
 from service.launcher import api_command, start_valkey, worker_command
 
@@ -108,6 +109,7 @@ def service_env(redis_url: str, roots: Path, **extra: str) -> dict[str, str]:
             "REDIS_URL": redis_url,
             "CKPT_CONVERT_ALLOWED_LOCAL_ROOTS": str(roots),
             "CKPT_CONVERT_PROGRESS_INTERVAL": "0.05",
+            "CKPT_CONVERT_SECRET_KEY": new_secret(),  # the API and the workers share it (per-job Hub tokens)
             "PYTHONPATH": str(ROOT),
         }
     )
