@@ -141,15 +141,15 @@ def served(tmp_path_factory):
                 s.stop()
 
 
-def local_job(s: Served, name: str) -> tuple[str, Path]:
+def local_job(s: Served, name: str, shard: str = "100MB") -> tuple[str, Path]:
     out = s.root / name
     return s.submit(
-        {"source": str(s.src), "destination": {"local_path": str(out)}, "max_shard_size": "100MB"}
+        {"source": str(s.src), "destination": {"local_path": str(out)}, "max_shard_size": shard}
     ), out
 
 
-def assert_bit_exact(src: Path, out: Path) -> None:
-    p = plan(src, max_shard_size="100MB")
+def assert_bit_exact(src: Path, out: Path, shard: str = "100MB") -> None:
+    p = plan(src, max_shard_size=shard)
     assert verify(p, LocalSource(src), out).tensors == len(p.tensors)  # every byte as planned
 
 
@@ -297,24 +297,36 @@ def test_cancel_of_a_job_whose_worker_is_gone(served):
     assert job["status"] == "cancelled" and job["attempts"] == 1 and not out.exists()
 
 
-def test_sigterm_requeues_the_running_job_and_the_next_serve_finishes_it(served):
+@pytest.mark.parametrize("shard", ["100MB", "4MB"], ids=["one-task", "per-shard-subtasks"])
+def test_sigterm_requeues_the_running_job_and_the_next_serve_finishes_it(served, shard):
     s = served
-    job_id, out = local_job(s, "after-restart")
+    job_id, out = local_job(s, f"after-restart-{shard}", shard)
     under_way(s, job_id, 2_000_000)
     t = time.monotonic()
     assert s.stop(signal.SIGTERM, timeout=60) == 0
     print(f"\nserve stopped {time.monotonic() - t:.1f} s after SIGTERM")
-    # what serve left on disk: the job queued again (that start not counted), its task back on the queue
+    task = rf"convert\[{job_id}\]" if shard == "100MB" else r"write_part\[[-0-9a-f]+\]"
+    assert re.search(
+        task + " reject requeue=True: worker shutting down", s.output()
+    )  # stopped mid-conversion
+    # what serve left on disk: the running task back on the queue (not acknowledged), and the job queued again (that
+    # start not counted), or for a job in subtasks, still running with its remaining parts queued
     v = start_valkey(s.data / "valkey", port=free_port(), password=s.password)
     try:
         store = JobStore(v.url)
         rec = store.get(job_id)
-        assert rec is not None and rec["status"] == "queued" and rec["attempts"] == 0, rec
-        queued = [json.loads(m)["headers"]["id"] for m in store.r.lrange("ckpt-convert", 0, -1)]
-        assert queued == [job_id] and store.r.hlen("unacked") == 0
+        messages = [json.loads(m) for m in store.r.lrange("ckpt-convert", 0, -1)]
+        assert store.r.hlen("unacked") == 0 and messages
+        if shard == "100MB":
+            assert rec is not None and rec["status"] == "queued" and rec["attempts"] == 0, rec
+            assert [m["headers"]["id"] for m in messages] == [job_id]
+            assert staging(out) == [] and not out.exists()  # what the stopped run wrote was discarded
+        else:
+            assert rec is not None and rec["status"] == "running" and rec.get("fanout") == "1", rec
+            assert {m["headers"]["task"] for m in messages} == {"ckpt_convert.write_part"}
+            assert {json.loads(base64.b64decode(m["body"]))[0][0] for m in messages} == {job_id}
     finally:
         v.stop()
-    assert staging(out) == [] and not out.exists()  # what the stopped run wrote was discarded
     t = time.monotonic()
     s.start()
     job = s.wait(job_id, lambda j: j["status"] in FINISHED, timeout=90, what="job end after restart")
@@ -322,7 +334,8 @@ def test_sigterm_requeues_the_running_job_and_the_next_serve_finishes_it(served)
     print(f"serve started again -> job succeeded {took:.1f} s later")
     assert job["status"] == "succeeded" and job["attempts"] == 1, job
     assert took < 60
-    assert_bit_exact(s.src, out)
+    assert_bit_exact(s.src, out, shard)
+    assert staging(out) == []
 
 
 # --- Redis away ----------------------------------------------------------------------------------------------------
