@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -43,12 +44,11 @@ class Attempt:
     """One delivery of a job's task. Every way out is one terminal transition that also records the phase
     timings, so a finished job's record never changes again (the API may cache it)."""
 
-    def __init__(
-        self, store: JobStore, rec: dict[str, Any], settings: Settings, worker: str, token: str | None
-    ):
+    def __init__(self, store: JobStore, rec: dict[str, Any], settings: Settings, worker: str, token: str | None,
+                 lost: threading.Event | None = None):  # fmt: skip
         self.store, self.rec, self.settings, self.worker, self.token = store, rec, settings, worker, token
         self.job_id, self.attempts = rec["id"], 0
-        self.out = Outbox(store, self.job_id)
+        self.out = Outbox(store, self.job_id, lost=lost)
         self.rep = Reporter(self.out, settings.progress_interval, rec.get("phases"))
 
     def finish(self, status: str, **fields: Any) -> str:
@@ -69,6 +69,8 @@ class Attempt:
         try:
             return body()
         except CancelledError as e:
+            if self.out.lost.is_set():
+                return "superseded"  # another delivery runs the job now: its status is that delivery's to set
             if DRAIN.is_set() and not best_effort(self.store.cancel_requested, self.job_id, default=False):
                 self.requeue()
             return self.finish("cancelled", error=e.to_dict())

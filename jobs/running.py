@@ -80,8 +80,11 @@ class Outbox:
     conversion never waits on Redis. While Redis is away, writes wait and are retried with back-off (a newer write of
     the same kind replaces a waiting one: the latest progress wins) and the cancel flag keeps its last known value."""
 
-    def __init__(self, store: JobStore, job_id: str, poll: float = 0.2) -> None:
+    def __init__(
+        self, store: JobStore, job_id: str, poll: float = 0.2, lost: threading.Event | None = None
+    ) -> None:
         self.store, self.job_id, self.poll = store.quick(), job_id, poll
+        self.lost = lost or threading.Event()  # set by job_lock when another delivery took the job's lock
         self.cancel_requested = False
         self._pending: dict[str, tuple[str, tuple[Any, ...], dict[str, Any]]] = {}
         self._cv = threading.Condition()
@@ -96,8 +99,9 @@ class Outbox:
             self._cv.notify()
 
     def should_cancel(self) -> bool:
-        """The conversion's cancel check: the job was cancelled, or this worker is shutting down."""
-        return self.cancel_requested or DRAIN.is_set()
+        """The conversion's cancel check: the job was cancelled, this worker is shutting down, or another delivery
+        took the job over (after a long Redis outage): stopping, it cannot publish a folder the other is writing."""
+        return self.cancel_requested or DRAIN.is_set() or self.lost.is_set()
 
     def close(self, flush: float = 5.0) -> None:
         """Write what is waiting (for at most ``flush`` seconds), then stop the thread."""
@@ -119,14 +123,16 @@ class Outbox:
                 ok, next_poll = self._poll(), time.monotonic() + self.poll
             delay = 0.0 if ok else min(max(0.5, 2 * delay), 5.0)
             retry_at = time.monotonic() + delay
-            with self._cv:  # wait: out the back-off, or for a write, the next poll or close()
-                while (t := time.monotonic()) < (self._until or float("inf")):
-                    if delay and t < retry_at:
-                        self._cv.wait(retry_at - t)
-                    elif not delay and not self._pending and self._until is None and t < next_poll:
-                        self._cv.wait(next_poll - t)
-                    else:
+            with self._cv:  # wait out the back-off; else wait for a write, the next poll or close()
+                while (t := time.monotonic()) < (end := self._until or float("inf")):
+                    if delay:
+                        if t >= retry_at:
+                            break
+                        self._cv.wait(min(retry_at, end) - t)
+                    elif self._pending or self._until is not None or t >= next_poll:
                         break
+                    else:
+                        self._cv.wait(next_poll - t)
 
     def _write(self, batch: dict[str, tuple[str, tuple[Any, ...], dict[str, Any]]]) -> bool:
         for i, (method, args, kwargs) in enumerate(batch.values()):
@@ -137,6 +143,8 @@ class Outbox:
                     for k, call in list(batch.items())[i:]:
                         self._pending.setdefault(k, call)
                 return False
+            except Exception:  # noqa: BLE001 - a bad write is dropped; the conversion goes on
+                log.exception("job %s: %s not written", self.job_id, method)
         return True
 
     def _poll(self) -> bool:
@@ -192,22 +200,25 @@ class Reporter:
 
 
 @contextmanager
-def job_lock(store: JobStore, job_id: str, settings: Settings, worker: str) -> Iterator[None]:
+def job_lock(store: JobStore, job_id: str, settings: Settings, worker: str) -> Iterator[threading.Event]:
     """Hold the job's lock or raise :class:`JobBusy`. Refreshed in the background every quarter of ``lock_ttl``, it
-    is the job's heartbeat: it expires ``lock_ttl`` after its worker died."""
+    is the job's heartbeat: it expires ``lock_ttl`` after its worker died. Yields an event set if the lock expired
+    (Redis away for longer than ``lock_ttl``) and another delivery took it: the job is that delivery's now."""
     owner, ttl = f"{worker}:{os.getpid()}:{uuid.uuid4().hex[:6]}", settings.lock_ttl
     if not store.lock(job_id, owner, ttl):
         raise JobBusy(job_id)
-    stop, quick = threading.Event(), store.quick()
+    stop, lost, quick = threading.Event(), threading.Event(), store.quick()
 
     def keep() -> None:
         while not stop.wait(ttl / 4):
             if best_effort(quick.refresh_lock, job_id, owner, ttl, default=True) is False:
-                log.warning("job %s: another delivery took its lock while Redis was away", job_id)
+                log.warning("job %s: another delivery took its lock while Redis was away; stopping", job_id)
+                lost.set()
+                return
 
     threading.Thread(target=keep, daemon=True).start()
     try:
-        yield
+        yield lost
     finally:
         stop.set()
         best_effort(store.unlock, job_id, owner)
@@ -230,8 +241,10 @@ def start_heartbeat(
                 store().heartbeat(name)
                 if held is not None:
                     store().vouch(held[0], held[1]())
-            except Exception:  # noqa: BLE001 - Redis briefly away: try again next beat
+                wait = every
+            except Exception:  # noqa: BLE001 - Redis away: vouch as soon as it is back, before others restore
                 log.warning("heartbeat failed", exc_info=True)
-            stop.wait(every)
+                wait = min(every, 0.5)
+            stop.wait(wait)
 
     threading.Thread(target=beat, name="ckpt-heartbeat", daemon=True).start()

@@ -171,6 +171,7 @@ def _list_keys(status: str | None, model_type: str | None) -> list[str]:
 class JobStore:
     def __init__(self, url_or_client: str | redis.Redis, **options: Any) -> None:
         self.url = url_or_client if isinstance(url_or_client, str) else None
+        self._quick: JobStore | None = None
         if isinstance(url_or_client, str):
             self.r = redis.Redis.from_url(url_or_client, decode_responses=True, **(options or RESILIENT))
         else:
@@ -182,8 +183,10 @@ class JobStore:
         self._refresh_lock = self.r.register_script(_REFRESH_LOCK)
 
     def quick(self) -> JobStore:
-        """The same store on a client that fails fast instead of retrying (for background writes)."""
-        return JobStore(self.url, **QUICK) if self.url else self
+        """The same store on a client that fails fast instead of retrying (for background writes); one per store."""
+        if self._quick is None:
+            self._quick = JobStore(self.url, **QUICK) if self.url else self
+        return self._quick
 
     # --- records ---------------------------------------------------------------------------------------------
 

@@ -25,14 +25,15 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from servers import Service, descendants, free_port, wait_until
+from servers import Service, Valkey, descendants, free_port, wait_until
 
 from converter import plan
 from converter.demo import MixtralShape, write_mixtral_checkpoint
 from converter.storage import LocalSource
 from converter.verifier import verify
-from jobs.running import Outbox
+from jobs.running import Outbox, job_lock
 from jobs.secret import SecretKeyError, new_secret, seal, secret_file, unseal
+from jobs.settings import Settings
 from jobs.store import JobStore
 from service.launcher import start_valkey
 
@@ -339,6 +340,23 @@ def test_sigterm_requeues_the_running_job_and_the_next_serve_finishes_it(served,
 
 
 # --- Redis away ----------------------------------------------------------------------------------------------------
+
+
+def test_job_lock_is_a_heartbeat_taken_again_after_an_outage_or_given_up_to_another_delivery(tmp_path):
+    v = Valkey(tmp_path / "valkey")
+    try:
+        store, key = JobStore(v.url), "ckc:job:j1:lock"
+        with job_lock(store, "j1", Settings(redis_url=v.url, lock_ttl=2), "w1") as lost:
+            owner = store.r.get(key)
+            assert owner.startswith("w1:") and 0 < store.r.ttl(key) <= 2
+            store.r.delete(key)  # expired while Redis was away, and nobody took it: the run takes it again
+            wait_until(lambda: store.r.get(key) == owner, timeout=5, what="lock taken again")
+            store.r.set(key, "w2:other-delivery")  # another delivery took the job: this run stops
+            wait_until(lost.is_set, timeout=5, what="lock lost")
+            assert Outbox(store, "j1", lost=lost).should_cancel()
+        assert store.r.get(key) == "w2:other-delivery"  # and leaves the other's lock alone
+    finally:
+        v.stop()
 
 
 def staged_bytes(out: Path) -> int:

@@ -39,10 +39,9 @@ def run_job(store: JobStore, job_id: str, settings: Settings, *, worker: str, to
         return str(rec["status"])  # a redelivery after the shards were handed out: the subtasks carry on
     if rec["status"] in TERMINAL and not (rec["status"] == "cancelled" and rec.get("started_at")):
         return str(rec["status"])
-    with job_lock(store, job_id, settings, worker):
-        if (
-            rec["status"] == "cancelled"
-        ):  # the API cancelled it when its worker was gone: remove what that left
+    with job_lock(store, job_id, settings, worker) as lost:
+        # the API ended it when its worker was gone: remove what that run left
+        if rec["status"] == "cancelled":
             _discard(rec, settings, token)
             return "cancelled"
         cancelled = {"type": "CancelledError", "message": "cancelled before it started"}
@@ -50,7 +49,7 @@ def run_job(store: JobStore, job_id: str, settings: Settings, *, worker: str, to
                                                                finished_at=now(), error=cancelled):  # fmt: skip
             _discard(rec, settings, token)
             return "cancelled"
-        return Attempt(store, rec, settings, worker, token).start(dispatch)
+        return Attempt(store, rec, settings, worker, token, lost).start(dispatch)
 
 
 def _discard(rec: dict[str, Any], settings: Settings, token: str | None) -> None:
@@ -125,8 +124,8 @@ def finish_parts(store: JobStore, job_id: str, parts: list[dict[str, Any]], sett
         return "missing"
     if rec["status"] in TERMINAL:
         return str(rec["status"])
-    with job_lock(store, job_id, settings, worker):
-        attempt = Attempt(store, rec, settings, worker, token)
+    with job_lock(store, job_id, settings, worker) as lost:
+        attempt = Attempt(store, rec, settings, worker, token, lost)
         return attempt.guarded(lambda: _finish(attempt, parts))
 
 
