@@ -5,8 +5,10 @@
 | ``REDIS_URL`` | broker, result backend and job store; unset = ``ckpt-convert serve`` starts an embedded server |
 | ``CKPT_CONVERT_ALLOWED_LOCAL_ROOTS`` | ``:``-separated folders local sources/destinations may be under; empty = none |
 | ``CKPT_CONVERT_DATA_DIR`` | where the embedded server keeps its data (default: the user data folder) |
+| ``CKPT_CONVERT_SECRET_KEY`` | seals per-job Hub tokens in task messages; the API and every worker need the same one |
 | ``CKPT_CONVERT_MAX_ATTEMPTS`` | how many times a job may be started (a killed worker means a redelivery) |
-| ``CKPT_CONVERT_VISIBILITY_TIMEOUT`` | seconds before Redis redelivers an unacknowledged task; must exceed the longest task |
+| ``CKPT_CONVERT_VISIBILITY_TIMEOUT`` | seconds after its worker's last sign of life that a task is delivered again |
+| ``CKPT_CONVERT_LOCK_TTL`` | a running job's heartbeat (its lock) expires this long after its worker's last beat |
 | ``CKPT_CONVERT_MAX_BYTES_PER_SECOND`` | cap on each job's write rate (0 = none) |
 | ``CKPT_CONVERT_PROGRESS_INTERVAL`` | seconds between progress reports of a running job |
 | ``CKPT_CONVERT_MAX_OUTPUT_BYTES`` | refuse a job whose output would be larger (0 = no cap) |
@@ -22,7 +24,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import AliasChoices, Field, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -39,17 +41,21 @@ class Settings(BaseSettings):
     )
     allowed_local_roots: str = ""
     data_dir: Path = Field(default_factory=default_data_dir)
+    #: seals per-job Hub tokens in task messages (any long random string; ``serve`` generates one in the data dir)
+    secret_key: SecretStr | None = None
     max_attempts: int = 3
-    #: Redis redelivers a task not acknowledged within this many seconds (also how the task of a worker that died
-    #: is picked up again). It must exceed the longest task: a job of several output shards runs as one task per
-    #: ``shards_per_task`` shards (minutes each for 5 GB shards), so an hour leaves a wide margin.
-    visibility_timeout: int = 3600
+    #: Redis delivers a task again when it has not been acknowledged and its worker has not vouched for it for this
+    #: many seconds. Every live worker vouches for the tasks it holds every quarter of this (at most every 5 s), so
+    #: a task of any length runs once, and the task of a worker that died is delivered again within about this
+    #: long plus 5 s. Keep it above ``lock_ttl``, so that the redelivered task finds the dead run's lock expired.
+    visibility_timeout: int = 30
     #: a job with at least this many output shards is spread over subtasks (0: always one task)
     fanout_min_shards: int = 2
     #: output shards per subtask
     shards_per_task: int = 1
-    #: a running job holds a lock refreshed every third of this; a lost worker's lock expires after it (seconds)
-    lock_ttl: int = 30
+    #: a running job's lock is its heartbeat: refreshed every quarter of this, it expires this long after its worker
+    #: died (seconds); a cancel of a running job without one ends it at once (no worker will see the flag)
+    lock_ttl: int = 20
     #: how often running jobs report progress (seconds)
     progress_interval: float = 0.25
     #: bearer tokens accepted by the API (comma-separated); empty = no auth
@@ -88,6 +94,10 @@ class Settings(BaseSettings):
     @property
     def token_list(self) -> list[str]:
         return [t.strip() for t in self.api_tokens.split(",") if t.strip()]
+
+    @property
+    def secret(self) -> str | None:
+        return self.secret_key.get_secret_value() if self.secret_key else None
 
     @property
     def redis(self) -> str:

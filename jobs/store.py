@@ -10,6 +10,7 @@ the record. Keys (prefix ``ckc:``):
 | ``jobs`` / ``jobs:status:{s}`` / ``jobs:model_type:{t}`` | zset | ids by creation time |
 | ``job:{id}:events`` | stream | status and progress events (SSE replays them) |
 | ``job:{id}:cancel`` | string | cancel flag, polled by the running task |
+| ``job:{id}:lock`` | string | the delivery running the job; refreshed while it runs, so it is the job's heartbeat |
 | ``idem:{hash}`` / ``idemkey:{key}`` | string | idempotency: the job spec's key / ``Idempotency-Key`` -> job id (TTL) |
 | ``dest:{key}`` | string | the live job writing a destination (released when it ends) |
 | ``workers`` | zset | worker hostname -> last heartbeat |
@@ -27,7 +28,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import redis
-from redis.backoff import ExponentialBackoff
+from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.retry import Retry
 
 from converter.errors import DestinationBusyError
@@ -126,6 +127,30 @@ return 1
 """
 
 
+# A running job whose worker is gone (no lock: its heartbeat expired) is cancelled at once, since no worker will see
+# the flag; a job handed to subtasks (fanout) is left to them: their messages are delivered again.
+# KEYS: job hash, lock, status zset prefix. ARGV: id, then field/value pairs. Returns 1 if cancelled.
+_CANCEL_ABANDONED = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('HGET', KEYS[1], 'fanout') then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'cancelled')
+for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local score = redis.call('HGET', KEYS[1], 'created_at')
+redis.call('ZREM', KEYS[3] .. 'running', ARGV[1])
+redis.call('ZADD', KEYS[3] .. 'cancelled', score, ARGV[1])
+return 1
+"""
+
+# Keep a job's lock: refreshed if ours, taken again if it expired meanwhile (Redis was away). KEYS: lock.
+# ARGV: owner, ttl. Returns 1 if we hold it, 0 if another delivery does.
+_REFRESH_LOCK = """
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then redis.call('EXPIRE', KEYS[1], ARGV[2]) return 1 end
+if not cur then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) return 1 end
+return 0
+"""
+
+
 def now() -> float:
     return time.time()
 
@@ -141,6 +166,8 @@ RESILIENT: dict[str, Any] = {
     "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), 8),
     "retry_on_error": [redis.ConnectionError, redis.TimeoutError],
 }
+#: for a running job's background writes: fail fast while Redis is away (they are retried with newer values)
+QUICK: dict[str, Any] = {"socket_connect_timeout": 2, "socket_timeout": 2, "retry": Retry(NoBackoff(), 0)}
 
 
 def events_key(job_id: str) -> str:
@@ -164,17 +191,33 @@ class JobStore:
         *,
         idempotency_ttl: int = 24 * 3600,
         retention: int = 30 * 24 * 3600,
+        **options: Any,
     ) -> None:
         """``idempotency_ttl``: how long the same request (or Idempotency-Key) returns the same job;
-        ``retention``: how long a finished job's record is kept (swept as new jobs are created)."""
+        ``retention``: how long a finished job's record is kept (swept as new jobs are created); ``options``:
+        the Redis client's (default: retried through a restart)."""
+        self.url = url_or_client if isinstance(url_or_client, str) else None
+        self._quick: JobStore | None = None
         if isinstance(url_or_client, str):
-            self.r = redis.Redis.from_url(url_or_client, decode_responses=True, **RESILIENT)
+            self.r = redis.Redis.from_url(url_or_client, decode_responses=True, **(options or RESILIENT))
         else:
             self.r = url_or_client
         self.idempotency_ttl, self.retention = idempotency_ttl, retention
         self._transition = self.r.register_script(_TRANSITION)
         self._create = self.r.register_script(_CREATE)
         self._part_progress = self.r.register_script(_PART_PROGRESS)
+        self._cancel_abandoned = self.r.register_script(_CANCEL_ABANDONED)
+        self._refresh_lock = self.r.register_script(_REFRESH_LOCK)
+
+    def quick(self) -> JobStore:
+        """The same store on a client that fails fast instead of retrying (for background writes); one per store."""
+        if self._quick is None:
+            self._quick = (
+                JobStore(self.url, idempotency_ttl=self.idempotency_ttl, retention=self.retention, **QUICK)
+                if self.url
+                else self
+            )
+        return self._quick
 
     # --- records ---------------------------------------------------------------------------------------------
 
@@ -295,11 +338,26 @@ class JobStore:
             args += [k, _dump(v) if k in JSON_FIELDS else str(v)]
         _, changed = self._transition(keys=[P + "job:" + job_id, P + "jobs:status:"], args=args)
         if changed:
-            payload = {"status": new, **{k: v for k, v in fields.items() if k in ("error", "result")}}
-            self.event(job_id, "status", payload)
-            if new in TERMINAL:
-                self.event(job_id, "end", {"status": new})
+            self._announce(job_id, new, fields)
         return bool(changed)
+
+    def _announce(self, job_id: str, new: str, fields: Mapping[str, Any]) -> None:
+        payload = {"status": new, **{k: v for k, v in fields.items() if k in ("error", "result")}}
+        self.event(job_id, "status", payload)
+        if new in TERMINAL:
+            self.event(job_id, "end", {"status": new})
+
+    def cancel_abandoned(self, job_id: str, **fields: Any) -> bool:
+        """Cancel a ``running`` job whose worker is gone (its lock, the job's heartbeat, expired), in one step with
+        that check; a job handed to subtasks is left to them. True if it was cancelled."""
+        args: list[str] = [job_id]
+        for k, v in fields.items():
+            args += [k, _dump(v) if k in JSON_FIELDS else str(v)]
+        keys = [P + "job:" + job_id, P + f"job:{job_id}:lock", P + "jobs:status:"]
+        done = bool(self._cancel_abandoned(keys=keys, args=args))
+        if done:
+            self._announce(job_id, "cancelled", fields)
+        return done
 
     def update(self, job_id: str, **fields: Any) -> None:
         self.r.hset(
@@ -389,10 +447,9 @@ class JobStore:
     def lock(self, job_id: str, owner: str, ttl: int) -> bool:
         return bool(self.r.set(P + f"job:{job_id}:lock", owner, nx=True, ex=ttl))
 
-    def refresh_lock(self, job_id: str, owner: str, ttl: int) -> None:
-        key = P + f"job:{job_id}:lock"
-        if self.r.get(key) == owner:
-            self.r.expire(key, ttl)
+    def refresh_lock(self, job_id: str, owner: str, ttl: int) -> bool:
+        """Keep ``owner``'s lock (taken again if it expired meanwhile); False if another delivery holds it."""
+        return bool(self._refresh_lock(keys=[P + f"job:{job_id}:lock"], args=[owner, str(ttl)]))
 
     def unlock(self, job_id: str, owner: str) -> None:
         key = P + f"job:{job_id}:lock"
@@ -401,6 +458,13 @@ class JobStore:
 
     def heartbeat(self, worker: str) -> None:
         self.r.zadd(P + "workers", {worker: now()})
+
+    def vouch(self, index_key: str, delivery_tags: Iterable[str]) -> None:
+        """Re-date the broker's record of messages a live worker holds (only those still recorded), so that they
+        are not delivered again while it works on them (see ``jobs.queue``)."""
+        tags = {t: now() for t in delivery_tags}
+        if tags:
+            self.r.zadd(index_key, tags, xx=True)
 
     def workers_alive(self, within: float = 30.0) -> list[str]:
         return list(self.r.zrangebyscore(P + "workers", now() - within, "+inf"))

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 from fastapi import Depends, Header, HTTPException
 
 from jobs.queue import TASK_CONVERT, make_celery
+from jobs.secret import TOKEN_HEADER, seal
 from jobs.settings import Settings, get_settings
 from jobs.store import JobStore, store_for
 
@@ -42,7 +43,9 @@ class Queue:
         return self._app
 
     def enqueue(self, job_id: str, hf_token: str | None) -> None:
-        headers = {"hf_token": hf_token} if hf_token else None
+        """Send the job's task. A per-job Hub token travels in its headers sealed with ``CKPT_CONVERT_SECRET_KEY``
+        (the broker, and its append-only file, only ever hold ciphertext); without a key such a job is refused."""
+        headers = {TOKEN_HEADER: seal(hf_token, get_settings().secret)} if hf_token else None
         self.app.send_task(TASK_CONVERT, args=[job_id], task_id=job_id, headers=headers)
 
     def revoke(self, job_id: str) -> None:

@@ -132,7 +132,8 @@ def _same_request(store: JobStore, hit: tuple[str, str], raw_hash: str) -> tuple
 
 def cancel(store: JobStore, job_id: str, revoke: Any) -> dict[str, Any]:
     """Queued: cancelled at once (and its task revoked). Running: flagged; the task stops within seconds and
-    publishes nothing. Finished: 409."""
+    publishes nothing. Running but its worker gone (the job's heartbeat expired): cancelled at once, since no worker
+    will see the flag (a redelivery of its task removes what the lost run wrote). Finished: 409."""
     rec = store.get(job_id)
     if rec is None:
         raise JobNotFoundError(f"no job {job_id}")
@@ -142,6 +143,9 @@ def cancel(store: JobStore, job_id: str, revoke: Any) -> dict[str, Any]:
     cancelled = {"type": "CancelledError", "message": "cancelled before it started"}
     if store.transition(job_id, "queued", "cancelled", finished_at=now(), error=cancelled):
         revoke(job_id)
+    else:
+        gone = {"type": "CancelledError", "message": "cancelled; the worker running it was gone"}
+        store.cancel_abandoned(job_id, finished_at=now(), error=gone)
     rec = store.get(job_id)
     assert rec is not None
     return rec

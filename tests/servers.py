@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 
+from jobs.secret import new_secret
 from jobs.store import JobStore
 from service.launcher import api_command, start_valkey, worker_command
 
@@ -36,6 +37,34 @@ def wait_until(predicate, timeout: float = 30.0, every: float = 0.05, what: str 
             return value
         time.sleep(every)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+
+
+def descendants(pid: int) -> set[int]:
+    """Every process below ``pid``."""
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout.split("\n")
+    children: dict[int, list[int]] = {}
+    for line in out:
+        if line.strip():
+            p, pp = map(int, line.split())
+            children.setdefault(pp, []).append(p)
+    found, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            found.add(c)
+            todo.append(c)
+    return found
+
+
+def alive(pid: int) -> bool:
+    """``pid`` exists and is not a zombie."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = subprocess.run(
+        ["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True
+    ).stdout.strip()
+    return stat[:1] != "Z"
 
 
 class Valkey:
@@ -108,6 +137,7 @@ def service_env(redis_url: str, roots: Path, **extra: str) -> dict[str, str]:
             "REDIS_URL": redis_url,
             "CKPT_CONVERT_ALLOWED_LOCAL_ROOTS": str(roots),
             "CKPT_CONVERT_PROGRESS_INTERVAL": "0.05",
+            "CKPT_CONVERT_SECRET_KEY": new_secret(),  # the API and the workers share it (per-job Hub tokens)
             "PYTHONPATH": str(ROOT),
         }
     )
@@ -207,6 +237,8 @@ __all__ = [
     "Service",
     "Proc",
     "Valkey",
+    "alive",
+    "descendants",
     "free_port",
     "service_env",
     "start_api",

@@ -3,8 +3,11 @@ commands they run are the commands the integration tests run (``service.launcher
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import pytest
 import yaml
 
 from service.launcher import api_command, worker_command
@@ -44,7 +47,7 @@ def test_compose_structure():
     assert any(v.startswith("redis-data:") for v in s["redis"]["volumes"]) and "redis-data" in doc["volumes"]
     for name in ("api", "worker"):
         env = s[name]["environment"]
-        assert env["REDIS_URL"] == "redis://redis:6379/0"
+        assert env["REDIS_URL"].endswith("@redis:6379/0")
         assert s[name]["depends_on"]["redis"]["condition"] == "service_healthy"
         assert "/data" in env["CKPT_CONVERT_ALLOWED_LOCAL_ROOTS"]
     for name in s:
@@ -59,6 +62,41 @@ def test_compose_structure():
     # the worker healthcheck is a module of ours
     assert s["worker"]["healthcheck"]["test"] == ["CMD", "python", "-m", "worker.health"]
     import worker.health  # noqa: F401
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's ``${VAR}``, ``${VAR:-default}`` and ``${VAR:?message}`` (an error when VAR is unset or empty)."""
+
+    def one(m: re.Match) -> str:
+        name, op, arg = m.group(1), m.group(2) or "", m.group(3) or ""
+        if env.get(name):
+            return env[name]
+        if op == ":?":
+            raise KeyError(f"{name}: {arg}")
+        return arg
+
+    return re.sub(r"\$\{(\w+)(:\?|:-)?([^}]*)\}", one, value)
+
+
+def test_compose_requires_the_redis_password_and_the_secret_key():
+    """Valkey refuses clients without a password, every client has it, and the API and the workers share the key
+    that seals per-job Hub tokens; compose refuses to start without either secret."""
+    s = compose()["services"]
+    env = {"REDIS_PASSWORD": "0123456789abcdef" * 4, "CKPT_CONVERT_SECRET_KEY": "fedcba9876543210" * 4}
+    cmd = [interpolate(c, env) for c in s["redis"]["command"]]
+    assert cmd[cmd.index("--requirepass") + 1] == env["REDIS_PASSWORD"]
+    assert (
+        interpolate(s["redis"]["environment"]["REDISCLI_AUTH"], env) == env["REDIS_PASSWORD"]
+    )  # healthcheck
+    for name in ("api", "worker"):
+        service_env = s[name]["environment"]
+        url = urlsplit(interpolate(service_env["REDIS_URL"], env))
+        assert (url.hostname, url.port, url.password) == ("redis", 6379, env["REDIS_PASSWORD"])
+        assert interpolate(service_env["CKPT_CONVERT_SECRET_KEY"], env) == env["CKPT_CONVERT_SECRET_KEY"]
+        for missing in env:
+            with pytest.raises(KeyError, match=missing):
+                for v in (*service_env.values(), *s["redis"]["command"]):
+                    interpolate(str(v), {**env, missing: ""})
 
 
 def test_cpu_override_drops_the_gpu_reservation():

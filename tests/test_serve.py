@@ -10,35 +10,7 @@ import sys
 
 import httpx
 from helpers import MIXTRAL_CONFIG, mixtral_tensors, read_tensors, write_checkpoint
-from servers import free_port, wait_until
-
-
-def descendants(pid: int) -> set[int]:
-    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True).stdout.split("\n")
-    children: dict[int, list[int]] = {}
-    for line in out:
-        if line.strip():
-            p, pp = map(int, line.split())
-            children.setdefault(pp, []).append(p)
-    found, todo = set(), [pid]
-    while todo:
-        for c in children.get(todo.pop(), []):
-            found.add(c)
-            todo.append(c)
-    return found
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return (
-        subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True, text=True).stdout.strip()[
-            :1
-        ]
-        != "Z"
-    )
+from servers import alive, descendants, free_port, wait_until
 
 
 def start_serve(tmp_path, port):
