@@ -1,17 +1,18 @@
 """The rules format as a contract (docs/rules-format.md), tested over the real API (HTTP):
 
-* an independent loader, written from docs/rules-format.md alone (it imports nothing of ``converter`` for its
-  logic), maps names exactly as the service's preview does and names the same rules as having applied: on the
-  names of every tiny-model oracle checkpoint (published and grouped layouts, both directions, with and without
-  the checkpoint's config.json), on names generated from the templates of every model type's rules, and on the
-  document's own worked examples;
+* an independent loader, written from docs/rules-format.md alone (its logic uses nothing of ``converter``: it reads
+  rules only as JSON from the API), maps names exactly as the service's preview does and names the same rules as
+  having applied: on the names of every tiny-model oracle checkpoint (published and grouped layouts, both
+  directions, with the type's own rules and with those composed for the checkpoint's config.json), on names
+  generated from the templates of every model type's rules, and on the document's own worked examples;
+* the same loader converts the oracle checkpoints' tensors (torch ops written from the document's op table): the
+  published checkpoint gives transformers' own model-layout save bit for bit, and back;
 * the JSON Schema that ``/openapi.json`` publishes for ``GET /rules``, ``GET /rules/{model_type}``,
   ``POST /rules/resolve`` and the preview validates the real responses, for every model type transformers knows.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from pathlib import Path
@@ -187,15 +188,16 @@ class Loader:
                 name = new
         return name
 
-    def converter(self, name: str) -> tuple[int, dict[str, Any], str, str] | None:
+    def converter(self, name: str) -> tuple[int, dict[str, Any], str, str, int, list[str]] | None:
+        """The converter that takes `name`: (position, rule, prefix, suffix, source slot, indices)."""
         for i, c in self.converters:
-            for s in c["sources"]:
+            for slot, s in enumerate(c["sources"]):
                 m = find(Template(s), name, c.get("scope", ""))
                 if m is not None:
                     comps = name.split(".")
                     prefix = ".".join(comps[: m[0]]) + "." if m[0] else ""
                     suffix = "." + ".".join(comps[m[1] :]) if m[1] < len(comps) else ""
-                    return i, c, prefix, suffix
+                    return i, c, prefix, suffix, slot, m[2]
         return None
 
     def run(self, name: str) -> tuple[list[str], str, list[int]]:
@@ -205,7 +207,7 @@ class Loader:
         if hit is None:
             out = renamed if self.forward else self.rename(name, fired)
             return [out], "copy" if out == name else "rename", sorted(fired)
-        i, c, prefix, suffix = hit
+        i, c, prefix, suffix, _, _ = hit
         fired.add(i)
         targets = [prefix + Template(t).body + suffix for t in c["targets"]]
         if not self.forward:
@@ -218,6 +220,184 @@ class Loader:
                     assert self.rename(filled, set()) == shown.replace("*", k), (filled, shown)
             targets = [self.rename(t, fired) for t in targets]
         return targets, "convert", sorted(fired)
+
+    def convert(self, tensors: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+        """The whole conversion of a checkpoint's tensors (torch), from the document alone."""
+        out: dict[str, Any] = {}
+        groups: dict[tuple[int, str, str], dict[int, dict[int | None, Any]]] = {}
+        for name, t in tensors.items():
+            renamed = self.rename(name, set()) if self.forward else name
+            hit = self.converter(renamed)
+            if hit is None:
+                out[renamed if self.forward else self.rename(name, set())] = t
+                continue
+            i, c, prefix, suffix, slot, indices = hit
+            assert len(indices) <= 1
+            group = groups.setdefault((i, prefix, suffix), {})
+            group.setdefault(slot, {})[int(indices[0]) if indices else None] = t
+        for (i, prefix, suffix), group in groups.items():
+            c = dict(self.converters)[i]
+            slots: list[Any] = []
+            for k, s in enumerate(c["sources"]):
+                found = group[k]
+                slots.append([found[e] for e in range(len(found))] if "*" in s else found[None])
+            for op in c["ops"]:
+                slots = OPS[op["op"]](op, slots, config, c)
+            assert len(slots) == len(c["targets"])
+            for target, slot in zip(c["targets"], slots, strict=True):
+                items = list(enumerate(slot)) if isinstance(slot, list) else [(None, slot)]
+                for e, t in items:
+                    name = prefix + (
+                        Template(target).fill([str(e)]) if e is not None else Template(target).body
+                    )
+                    name += suffix
+                    out[name if self.forward else self.rename(name, set())] = t
+        return out
+
+
+# --- its ops (torch), from the table in docs/rules-format.md#ops
+
+
+def shape_value(expr: int | str, config: dict[str, Any]) -> int | None:
+    if isinstance(expr, int):
+        return expr
+    if expr == "*":
+        return None
+    n = 1
+    for f in expr.split("*"):
+        n *= int(f) if f.isdigit() else int(attribute(f, config))
+    return n
+
+
+def attribute(name: str, config: dict[str, Any]) -> Any:
+    text = config.get("text_config")
+    return text[name] if isinstance(text, dict) and name in text else config[name]
+
+
+def _each(fn):  # an op applied to each slot on its own
+    return lambda op, slots, config, rule: [fn(op, s, config) for s in slots]
+
+
+def _stack(op, slots, config, rule):
+    import torch
+
+    return [torch.stack(s, op["dim"]) if isinstance(s, list) else s for s in slots]
+
+
+def _concat(op, slots, config, rule):
+    import torch
+
+    return [torch.cat([t for s in slots for t in (s if isinstance(s, list) else [s])], op["dim"])]
+
+
+def _chunk(op, slots, config, rule):
+    (t,) = slots
+    n = (
+        len(rule["targets"])
+        if op["num_shards_attribute"] is None
+        else attribute(op["num_shards_attribute"], config)
+    )
+    assert t.shape[op["dim"]] % n == 0
+    parts = list(t.split(t.shape[op["dim"]] // n, op["dim"]))
+    return parts if op["num_shards_attribute"] is None else [parts]
+
+
+def _split(op, slots, config, rule):
+    return list(slots[0].split([shape_value(x, config) for x in op["sizes"]], op["dim"]))
+
+
+def _reorder(t, dim: int, perm: list[int]):
+    import torch
+
+    return t.index_select(dim, torch.tensor(perm))
+
+
+def _interleave(op, t, config):
+    n = t.shape[op["dim"]]
+    half = n // 2
+    if op["inverse"]:
+        return _reorder(t, op["dim"], [(k % 2) * half + k // 2 for k in range(n)])
+    return _reorder(t, op["dim"], [2 * (k % half) + k // half for k in range(n)])
+
+
+def _transpose(op, t, config):
+    swapped = list(t.shape)
+    swapped[op["dim0"]], swapped[op["dim1"]] = swapped[op["dim1"]], swapped[op["dim0"]]
+    if op["check_dims"]:
+        want = [shape_value(x, config) for x in op["shape"]]
+
+        def fits(shape: list[int]) -> bool:
+            return len(shape) == len(want) and all(
+                w is None or w == x for w, x in zip(want, shape, strict=True)
+            )
+
+        keep, flip = fits(list(t.shape)), fits(swapped)
+        assert keep != flip, (list(t.shape), want)
+        if keep:
+            return t
+    return t.transpose(op["dim0"], op["dim1"]).contiguous()
+
+
+def _permute_for_rope(op, slots, config, rule):
+    targets, sources = rule["targets"], rule["sources"]
+    names = targets if len(slots) == len(targets) and len(targets) > 1 else sources
+    assert len(names) == len(slots)
+    sub = config.get(op["subconfig_key"]) if op["subconfig_key"] else None
+    heads = (sub if isinstance(sub, dict) else config)["num_attention_heads"]
+    out = []
+    for name, t in zip(names, slots, strict=True):
+        if op["permute_layer_names"] and not any(x in name for x in op["permute_layer_names"]):
+            out.append(t)
+            continue
+        per = t.shape[0] // heads
+        half = per // 2
+        if op["inverse"]:
+            perm = [h * per + (k % 2) * half + k // 2 for h in range(heads) for k in range(per)]
+        else:
+            perm = [h * per + 2 * (k % half) + k // half for h in range(heads) for k in range(per)]
+        out.append(_reorder(t, 0, perm))
+    return out
+
+
+def _ernie_fuse(op, slots, config, rule):
+    import torch
+
+    n = len(rule["targets"])
+    per_target: list[list[Any]] = [[] for _ in range(n)]
+    for s in slots:
+        experts = s if isinstance(s, list) else [s]
+        size = -(-len(experts) // n)
+        for j in range(n):
+            run = experts[j * size : (j + 1) * size]
+            assert run
+            per_target[j].append(torch.stack(run, op["stack_dim"]))
+    return [ts[0] if len(ts) == 1 else torch.cat(ts, op["concat_dim"]) for ts in per_target]
+
+
+def _ernie_split(op, slots, config, rule):
+    n = len(rule["targets"])
+    parts = [s.split(s.shape[op["concat_dim"]] // n, op["concat_dim"]) for s in slots]
+    return [[e for p in parts for e in p[j].unbind(op["stack_dim"])] for j in range(n)]
+
+
+OPS = {
+    "stack": _stack,
+    "unstack": lambda op, slots, config, rule: [list(s.unbind(op["dim"])) for s in slots],
+    "concat": _concat,
+    "chunk": _chunk,
+    "split": _split,
+    "interleave": _each(_interleave),
+    "transpose": _each(_transpose),
+    "permute_for_rope": _permute_for_rope,
+    "reshape": _each(lambda op, t, config: t.reshape(op["shape"])),
+    "conv3d_to_linear": lambda op, slots, config, rule: [slots[0].reshape(slots[0].shape[0], -1)],
+    "linear_to_conv3d": lambda op, slots, config, rule: [
+        slots[0].reshape(slots[0].shape[0], op["in_channels"], *op["kernel_size"])
+    ],
+    "ernie_fuse_and_split_text_vision_experts": _ernie_fuse,
+    "ernie_split_and_decouple_text_vision_experts": _ernie_split,
+    "identity": lambda op, slots, config, rule: slots,
+}
 
 
 # --- the service over HTTP --------------------------------------------------------------------------------------
@@ -313,32 +493,43 @@ def test_worked_examples_hold(api, model_type, direction, config, pairs):
 # --- every oracle checkpoint's names ----------------------------------------------------------------------------
 
 
+class Oracle:
+    """A tiny_models case saved in both layouts: ``published/`` (the Hub's) and ``grouped/`` (transformers' own
+    model-layout save)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.config = json.loads((root / "published" / "config.json").read_text())
+
+    def names(self, layout: str) -> list[str]:
+        return sorted(
+            json.loads((self.root / layout / "model.safetensors.index.json").read_text())["weight_map"]
+        )
+
+    def tensors(self, layout: str) -> dict[str, Any]:
+        from safetensors.torch import load_file
+
+        return {
+            k: v for f in sorted((self.root / layout).glob("*.safetensors")) for k, v in load_file(f).items()
+        }
+
+
 @pytest.fixture(scope="module")
-def oracle(request):
-    """{case: {"published": names, "grouped": names, "config": config.json}} for every tiny_models case, built once
-    and cached in pytest's cache (keyed by tiny_models.py and the transformers version)."""
+def oracle(tmp_path_factory):
+    """case -> :class:`Oracle`, built on first use (a fraction of a second each)."""
     tm = pytest.importorskip("tiny_models")  # needs transformers (a dev dependency)
-    import tempfile
+    built: dict[str, Oracle] = {}
 
-    import transformers
+    def get(case: str) -> Oracle:
+        if case not in built:
+            root = tmp_path_factory.mktemp(case.replace("+", "_"))
+            model = tm.build_model(case)
+            tm.save_published(model, root / "published")
+            tm.save_grouped(model, root / "grouped")
+            built[case] = Oracle(root)
+        return built[case]
 
-    key = hashlib.sha256(Path(tm.__file__).read_bytes() + transformers.__version__.encode()).hexdigest()[:16]
-    cached = request.config.cache.get(f"rulesfmt/oracle_names/{key}", None)
-    if cached is not None:
-        return cached
-    out = {}
-    for case in (*tm.MODEL_TYPES, *tm.COMPOSITES):
-        model = tm.build_model(case)
-        with tempfile.TemporaryDirectory() as tmp:
-            names = {}
-            for layout, save in (("published", tm.save_published), ("grouped", tm.save_grouped)):
-                save(model, Path(tmp) / layout)
-                index = json.loads((Path(tmp) / layout / "model.safetensors.index.json").read_text())
-                names[layout] = sorted(index["weight_map"])
-            config = json.loads((Path(tmp) / "published" / "config.json").read_text())
-        out[case] = {**names, "config": config}
-    request.config.cache.set(f"rulesfmt/oracle_names/{key}", out)
-    return out
+    return get
 
 
 def _oracle_cases() -> list[str]:
@@ -354,13 +545,13 @@ def test_independent_loader_agrees_on_oracle_names(api, oracle, case):
     """Both layouts, both directions; the type's own rules (GET, no config) and the rules composed for the
     checkpoint's config.json (POST /rules/resolve, preview with the config); and GET with `when` evaluated by the
     loader where the config composes nothing in."""
-    entry = oracle[case]
-    config = entry["config"]
+    ck = oracle(case)
+    config = ck.config
     model_type = config["model_type"]
     supported = fetch(api, "GET", f"/rules/{model_type}")["supported"]
     problems: list[str] = []
     for layout in ("published", "grouped"):
-        names = entry[layout]
+        names = ck.names(layout)
         for direction in ("forward", "reverse"):
             plain = fetch(api, "GET", f"/rules/{model_type}", params={"direction": direction})
             problems += disagreements(api, model_type, names, direction, None, plain)
@@ -373,6 +564,29 @@ def test_independent_loader_agrees_on_oracle_names(api, oracle, case):
             if not composed["nested"]:
                 problems += disagreements(api, model_type, names, direction, config, plain, config)
     assert not problems, "\n".join(problems[:20])
+
+
+@pytest.mark.parametrize("case", _oracle_cases())
+def test_independent_loader_converts_oracle_checkpoints(api, oracle, case):
+    """The loader converts the tensors too, from the rules JSON alone (POST /rules/resolve with the checkpoint's
+    config.json): the published checkpoint forward gives transformers' own model-layout save, bit for bit, and
+    that save in reverse gives the published checkpoint."""
+    import torch
+
+    ck = oracle(case)
+    r = api.post("/rules/resolve", json={"config": ck.config})
+    if r.status_code == 422:  # a type we refuse: nothing to convert
+        assert r.json()["detail"]["type"] == "UnsupportedError"
+        return
+    layouts = {layout: ck.tensors(layout) for layout in ("published", "grouped")}
+    for direction, src, dst in (("forward", "published", "grouped"), ("reverse", "grouped", "published")):
+        doc = fetch(api, "POST", "/rules/resolve", json={"config": ck.config, "direction": direction})
+        got = Loader(doc, list(layouts[src]), ck.config).convert(layouts[src], ck.config)
+        want = layouts[dst]
+        assert sorted(got) == sorted(want), (direction, sorted(set(got) ^ set(want))[:10])
+        for name, t in want.items():
+            same = got[name].dtype == t.dtype and got[name].shape == t.shape and torch.equal(got[name], t)
+            assert same, (direction, name, got[name].dtype, list(got[name].shape), t.dtype, list(t.shape))
 
 
 # --- names generated from every type's templates ----------------------------------------------------------------
@@ -490,13 +704,14 @@ def test_rules_schema_validates_every_types_rules(api, schemas):
 def test_schema_validates_resolve_preview_and_errors(api, schemas, oracle):
     v_resolve, v_preview = schemas("/rules/resolve", "post"), schemas("/rules/{model_type}/preview", "post")
     v_error = schemas("/rules/{model_type}", "get", "404")
-    for entry in oracle.values():
-        config = entry["config"]
+    for case in _oracle_cases():
+        ck = oracle(case)
+        config = ck.config
         for direction in ("forward", "reverse"):
             r = api.post("/rules/resolve", json={"config": config, "direction": direction})
             if r.status_code == 200:
                 _valid(v_resolve, r.json())
-            body = {"names": entry["published"], "direction": direction, "config": config}
+            body = {"names": ck.names("published"), "direction": direction, "config": config}
             _valid(v_preview, fetch(api, "POST", f"/rules/{config['model_type']}/preview", json=body))
     r = api.get("/rules/mixtrall")
     assert r.status_code == 404
