@@ -1,4 +1,5 @@
-"""Request and response bodies of the API (pydantic), with the examples the OpenAPI docs show."""
+"""Request and response bodies of the API (pydantic), with the examples the OpenAPI docs show. The rules documents
+(``GET /rules``, ``GET /rules/{model_type}``, the preview) are in :mod:`service.rules_models`."""
 
 from __future__ import annotations
 
@@ -178,27 +179,6 @@ class JobList(BaseModel):
     count: int = Field(description="jobs matching the filters (all pages)")
 
 
-class RuleSummary(BaseModel):
-    model_type: str
-    conversion: Literal["converts", "none", "refused"] = Field(
-        description="converts: names change or tensors merge; none: transformers loads this type as published "
-        "(legacy renames only); refused: see unsupported_reason"
-    )
-    family: str
-    alias_of: str | None
-    renames: int
-    converters: int
-    ops: list[str]
-    requires_tensor_merging: bool
-    supported: bool
-    unsupported_reason: str | None
-
-
-class RuleList(BaseModel):
-    data: list[RuleSummary]
-    count: int
-
-
 class PreviewRequest(BaseModel):
     model_config = ConfigDict(
         extra="forbid",
@@ -240,21 +220,6 @@ class ResolveRequest(BaseModel):
     config: dict[str, Any] = Field(description="config.json as published")
     model_type: str | None = Field(None, description="override config.json's model_type")
     direction: Direction = "forward"
-
-
-class PreviewEntry(BaseModel):
-    source: str
-    targets: list[str] = Field(
-        description="output name(s); a template with * for per-expert outputs of a split"
-    )
-    how: Literal["copy", "rename", "convert"]
-    rule: dict[str, Any] | None = Field(None, description="the converter that applies, as in GET /rules")
-
-
-class PreviewResponse(BaseModel):
-    model_type: str
-    direction: Direction
-    data: list[PreviewEntry]
 
 
 def ts(v: float | None) -> datetime | None:

@@ -57,8 +57,11 @@ from .registry import (
     rules_for,
 )
 
-#: rules format version, recorded in every converted checkpoint; bump when any rule's behaviour changes
+#: version of the rules themselves, recorded in every converted checkpoint; bump when any rule's behaviour changes
 RULES_VERSION = "2"
+#: version of the rules' JSON format (docs/rules-format.md), in every rules response of the API; bump when a loader
+#: written for the previous format would map a name differently (a new rule kind, op, field or matching semantics)
+FORMAT_VERSION = "1"
 
 __all__ = [
     "Cast",
@@ -69,6 +72,7 @@ __all__ = [
     "Direction",
     "ErnieFuseAndSplitTextVisionExperts",
     "ErnieSplitAndDecoupleTextVisionExperts",
+    "FORMAT_VERSION",
     "Fp8Dequantize",
     "Identity",
     "Interleave",
