@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 from .errors import ConversionError
 from .planner import DEFAULT_MAX_SHARD_SIZE, Plan, plan, resolve_model_type
-from .rules import get_entry, model_types, rules_for
+from .rules import FORMAT_VERSION, get_entry, model_types, rules_for
 from .rules.core import Convert, Direction
 
 if TYPE_CHECKING:
@@ -278,7 +278,7 @@ def cmd_rules(a: argparse.Namespace) -> int:
     rs = rules_for(a.model_type, direction=direction, config=config)
     entry = get_entry(a.model_type)
     if a.json:
-        print_json({**entry.summary(), **rs.to_dict()})
+        print_json({**entry.summary(), "format_version": FORMAT_VERSION, **rs.to_dict()})
         return 0
     if entry.conversion == "none" and not rs.nested:
         _out().print(
