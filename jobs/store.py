@@ -7,7 +7,7 @@ the record. Keys (prefix ``ckc:``):
 | key | type | what |
 |---|---|---|
 | ``job:{id}`` | hash | the record: status, request, spec, progress, phases, plan, result, error, timings |
-| ``jobs`` / ``jobs:status:{s}`` / ``jobs:model_type:{t}`` | zset | ids by creation time |
+| ``jobs`` / ``jobs:status:{s}`` / ``jobs:model_type:{t}`` / ``jobs:owner:{name}`` | zset | ids by creation time |
 | ``job:{id}:events`` | stream | status and progress events (SSE replays them) |
 | ``job:{id}:cancel`` | string | cancel flag, polled by the running task |
 | ``idem:{hash}`` / ``idemkey:{key}`` | string | idempotency: normalised request / ``Idempotency-Key`` -> job id |
@@ -57,8 +57,8 @@ return {cur, 1}
 """
 
 
-# KEYS: idempotency key ("" = none). ARGV: id, created_at, model_type, first event, events maxlen, then the
-# record's field/value pairs. Returns {job id, 1 if created else 0}.
+# KEYS: idempotency key ("" = none). ARGV: id, created_at, model_type, first event, events maxlen, owner ("" = none),
+# then the record's field/value pairs. Returns {job id, 1 if created else 0}.
 _CREATE = """
 local id = ARGV[1]
 if KEYS[1] ~= '' then
@@ -70,11 +70,12 @@ if KEYS[1] ~= '' then
   redis.call('SET', KEYS[1], id)
 end
 local rec = {}
-for i = 6, #ARGV do rec[#rec + 1] = ARGV[i] end
+for i = 7, #ARGV do rec[#rec + 1] = ARGV[i] end
 redis.call('HSET', 'ckc:job:' .. id, unpack(rec))
 redis.call('ZADD', 'ckc:jobs', ARGV[2], id)
 redis.call('ZADD', 'ckc:jobs:status:queued', ARGV[2], id)
 if ARGV[3] ~= '' then redis.call('ZADD', 'ckc:jobs:model_type:' .. ARGV[3], ARGV[2], id) end
+if ARGV[6] ~= '' then redis.call('ZADD', 'ckc:jobs:owner:' .. ARGV[6], ARGV[2], id) end
 redis.call('XADD', 'ckc:job:' .. id .. ':events', 'MAXLEN', '~', ARGV[5], '*', 'type', 'status', 'data', ARGV[4])
 return {id, 1}
 """
@@ -131,13 +132,15 @@ def events_key(job_id: str) -> str:
     return P + f"job:{job_id}:events"
 
 
-def _list_keys(status: str | None, model_type: str | None) -> list[str]:
+def _list_keys(status: str | None, model_type: str | None, owner: str | None = None) -> list[str]:
     """The sorted set(s) whose intersection holds the matching job ids."""
     keys = []
     if status:
         keys.append(P + "jobs:status:" + status)
     if model_type:
         keys.append(P + "jobs:model_type:" + model_type)
+    if owner:
+        keys.append(P + "jobs:owner:" + owner)
     return keys or [P + "jobs"]
 
 
@@ -155,14 +158,16 @@ class JobStore:
 
     def create(self, fields: Mapping[str, Any], *, idem_hash: str | None = None) -> tuple[str, bool]:
         """Create a queued job; with ``idem_hash``, return ``(existing_id, False)`` if a live job (queued,
-        running or succeeded) has that hash. One round trip (a Lua script), so duplicates are cheap."""
+        running or succeeded) has that hash. One round trip (a Lua script), so duplicates are cheap. A job with an
+        ``owner`` field (the name of the API token that submitted it) is listed under ``jobs:owner:{owner}``."""
         job_id = uuid.uuid4().hex
         t = now()
         record = {"id": job_id, "status": "queued", "created_at": repr(t), "attempts": "0"}
         for k, v in fields.items():
             record[k] = _dump(v) if k in JSON_FIELDS else str(v)
         mt = str(fields.get("model_type") or "")
-        args: list[str] = [job_id, repr(t), mt, _dump({"status": "queued"}), str(EVENTS_MAXLEN)]
+        owner = str(fields.get("owner") or "")
+        args: list[str] = [job_id, repr(t), mt, _dump({"status": "queued"}), str(EVENTS_MAXLEN), owner]
         for k, v in record.items():
             args += [k, v]
         existing, created = self._create(keys=[P + "idem:" + idem_hash if idem_hash else ""], args=args)
@@ -191,10 +196,16 @@ class JobStore:
         return out
 
     def list_jobs(
-        self, *, status: str | None = None, model_type: str | None = None, skip: int = 0, limit: int = 50
+        self,
+        *,
+        status: str | None = None,
+        model_type: str | None = None,
+        owner: str | None = None,
+        skip: int = 0,
+        limit: int = 50,
     ) -> tuple[list[dict[str, Any]], int]:
-        """Newest first, filtered; returns (page, total matching)."""
-        keys = _list_keys(status, model_type)
+        """Newest first, filtered (``owner``: only the jobs of that API token name); returns (page, total matching)."""
+        keys = _list_keys(status, model_type, owner)
         if len(keys) == 1:
             count = self.r.zcard(keys[0])
             ids = self.r.zrevrange(keys[0], skip, skip + limit - 1)
@@ -359,10 +370,19 @@ class AsyncJobReader:
         raw = await self.r.hgetall(P + "job:" + job_id)
         return JobStore._decode(raw) if raw else None
 
+    async def workers_alive(self, within: float = 30.0) -> list[str]:
+        return list(await self.r.zrangebyscore(P + "workers", now() - within, "+inf"))
+
     async def list_jobs(
-        self, *, status: str | None = None, model_type: str | None = None, skip: int = 0, limit: int = 50
+        self,
+        *,
+        status: str | None = None,
+        model_type: str | None = None,
+        owner: str | None = None,
+        skip: int = 0,
+        limit: int = 50,
     ) -> tuple[list[dict[str, Any]], int]:
-        keys = _list_keys(status, model_type)
+        keys = _list_keys(status, model_type, owner)
         if len(keys) == 1:
             count = await self.r.zcard(keys[0])
             ids = await self.r.zrevrange(keys[0], skip, skip + limit - 1)
