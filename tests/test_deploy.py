@@ -3,6 +3,10 @@ commands they run are the commands the integration tests run (``service.launcher
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -53,12 +57,51 @@ def test_compose_structure():
     assert "container_name" not in s["worker"] and "ports" not in s["worker"]
     gpu = s["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"]
-    assert s["api"]["ports"] == ["8000:8000"]
+    assert s["api"]["ports"] == ["${CKPT_CONVERT_BIND:-127.0.0.1}:8000:8000"]
     # the worker image is the api's image (built once)
     assert s["worker"]["image"] == s["api"]["image"] and "build" in s["api"]
     # the worker healthcheck is a module of ours
     assert s["worker"]["healthcheck"]["test"] == ["CMD", "python", "-m", "worker.health"]
     import worker.health  # noqa: F401
+
+
+def interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's ``${VAR:-default}`` (the only form the file uses), as ``docker compose config`` resolves it."""
+
+    def one(m: re.Match) -> str:
+        name, default = m.group(1), m.group(2)
+        return env.get(name) or default
+
+    out = re.sub(r"\$\{([A-Z_][A-Z0-9_]*):-([^}]*)\}", one, value)
+    assert "${" not in out, f"an interpolation this test does not resolve: {value}"
+    return out
+
+
+def test_the_api_is_published_on_loopback_unless_tokens_and_an_address_are_given():
+    """By default the port is bound to 127.0.0.1 (nobody else in); CKPT_CONVERT_BIND opens it, and the API
+    itself refuses that without tokens, so that an open port never serves without them."""
+    api = compose()["services"]["api"]
+    (port,) = api["ports"]
+    assert interpolate(port, {}) == "127.0.0.1:8000:8000"
+    assert interpolate(port, {"CKPT_CONVERT_API_TOKENS": "ops:admin:x"}) == "127.0.0.1:8000:8000"
+    assert interpolate(port, {"CKPT_CONVERT_BIND": "0.0.0.0"}) == "0.0.0.0:8000:8000"
+    # the API sees the same address the port is published on, and its tokens
+    env = api["environment"]
+    assert env["CKPT_CONVERT_BIND"] == "${CKPT_CONVERT_BIND:-127.0.0.1}"
+    assert port.startswith(env["CKPT_CONVERT_BIND"] + ":")
+    assert env["CKPT_CONVERT_API_TOKENS"] == "${CKPT_CONVERT_API_TOKENS:-}"
+    # ... and refuses to start on 0.0.0.0 without tokens (with them, it starts)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CKPT_CONVERT_")}
+    check = [sys.executable, "-c", "from jobs.settings import get_settings; get_settings().check_bind()"]
+    run = lambda **e: subprocess.run(
+        check, env={**base, **e}, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )  # noqa: E731
+    refused = run(CKPT_CONVERT_BIND=interpolate(env["CKPT_CONVERT_BIND"], {"CKPT_CONVERT_BIND": "0.0.0.0"}))
+    assert refused.returncode != 0 and "CKPT_CONVERT_API_TOKENS" in refused.stderr
+    assert run(CKPT_CONVERT_BIND="0.0.0.0", CKPT_CONVERT_API_TOKENS="ops:admin:x").returncode == 0
+    assert run(CKPT_CONVERT_BIND=interpolate(env["CKPT_CONVERT_BIND"], {})).returncode == 0
+    # no other service publishes a port
+    assert [n for n, svc in compose()["services"].items() if "ports" in svc] == ["api"]
 
 
 def test_cpu_override_drops_the_gpu_reservation():
