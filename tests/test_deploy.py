@@ -93,9 +93,10 @@ def test_the_api_is_published_on_loopback_unless_tokens_and_an_address_are_given
     # ... and refuses to start on 0.0.0.0 without tokens (with them, it starts)
     base = {k: v for k, v in os.environ.items() if not k.startswith("CKPT_CONVERT_")}
     check = [sys.executable, "-c", "from jobs.settings import get_settings; get_settings().check_bind()"]
-    run = lambda **e: subprocess.run(
-        check, env={**base, **e}, cwd=ROOT, capture_output=True, text=True, timeout=60
-    )  # noqa: E731
+
+    def run(**e: str) -> subprocess.CompletedProcess:
+        return subprocess.run(check, env={**base, **e}, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
     refused = run(CKPT_CONVERT_BIND=interpolate(env["CKPT_CONVERT_BIND"], {"CKPT_CONVERT_BIND": "0.0.0.0"}))
     assert refused.returncode != 0 and "CKPT_CONVERT_API_TOKENS" in refused.stderr
     assert run(CKPT_CONVERT_BIND="0.0.0.0", CKPT_CONVERT_API_TOKENS="ops:admin:x").returncode == 0
