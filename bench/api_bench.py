@@ -245,6 +245,10 @@ def streams_case(url: str, root: Path, a: argparse.Namespace, use_wrk: bool) -> 
     body = {"source": str(big), "destination": {"local_path": str(root / "out-streamed")}}
     job = httpx.post(url + "/convert", json=body).json()
     wait_until(lambda: httpx.get(f"{url}/jobs/{job['id']}").json()["status"] == "running", what="running job")
+    if use_wrk:  # the same GET without streams, for comparison
+        rps, p50, p99, _, errors, n5 = wrk(url, "GET", "/jobs", None, a.clients, a.seconds, count_5xx=True)
+        print(f"  {'GET /jobs, no stream open':<28} {rps:8.0f} req/s   p50 {p50:6.1f} ms   p99 {p99:6.1f} ms   "
+              f"non-2xx {errors}   5xx {n5}")  # fmt: skip
     t0 = time.perf_counter()
     crowd = Crowd(url, f"/jobs/{job['id']}/events", a.streams)
     ok = True
