@@ -50,6 +50,7 @@ PING: Frame = (None, KEEPALIVE, False)
 CLOSE: Frame = (None, b"", False)
 PAGE = 500  # entries per XRANGE page (history) and per stream per XREAD (live)
 SATURATED = 0.9  # ready is false from this share of max_streams on
+SLICE = 50  # clients woken per event loop iteration when an event fans out
 
 
 def parse_id(event_id: str) -> StreamId:
@@ -413,16 +414,25 @@ class EventHub:
                 if key == self.wake_key:
                     self._wake_cursor = entries[-1][0] if entries else self._wake_cursor
                     continue
-                self._dispatch(key[len(P) + 4 : -len(":events")], entries, issued)
+                await self._dispatch(key[len(P) + 4 : -len(":events")], entries, issued)
 
-    def _dispatch(self, job_id: str, entries: list[Any], issued: dict[str, tuple[Feed, StreamId]]) -> None:
+    async def _dispatch(
+        self, job_id: str, entries: list[Any], issued: dict[str, tuple[Feed, StreamId]]
+    ) -> None:
         feed = self.feeds.get(job_id)
         if not entries or job_id not in issued or issued[job_id][0] is not feed or feed is None:
             return  # the job's clients left (or came back as a new feed) while the read was out
         frames = [encode(eid, fields) for eid, fields in entries]
         if feed.cursor == issued[job_id][1]:  # not rewound meanwhile by a new client
             feed.cursor = frames[-1][0]
-        for sub in list(feed.subscribers):
+        subscribers = list(feed.subscribers)
+        for i, sub in enumerate(subscribers):
+            if i and i % SLICE == 0:
+                # each woken client is a send: let the loop serve other requests between slices, so that an
+                # event for 1,000 clients is not one stall of the whole process
+                await asyncio.sleep(0)
+            if sub.closed:
+                continue
             if not sub.push(frames):
                 feed.subscribers.discard(sub)
                 self.dropped += 1
