@@ -118,9 +118,8 @@ class Crowd:
         self.tasks = asyncio.run_coroutine_threadsafe(self._all(), self.loop)
 
     async def _all(self) -> None:
-        sem = asyncio.Semaphore(
-            100
-        )  # connect 100 at a time: a burst of 1,000 SYNs would overflow the backlog
+        # connect 100 at a time: a burst of 1,000 SYNs would overflow the listen backlog
+        sem = asyncio.Semaphore(100)
         await asyncio.gather(*(self._one(i, sem) for i in range(self.n)), return_exceptions=True)
 
     async def _one(self, i: int, sem: asyncio.Semaphore) -> None:

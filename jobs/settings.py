@@ -71,7 +71,7 @@ def parse_api_tokens(value: str) -> list[ApiToken]:
             raise ValueError(f"API token entry {i}: the name must be 1-64 characters of A-Z a-z 0-9 _ . @ -")
         if scope not in SCOPES:
             raise ValueError(f"API token entry {i}: the scope must be one of {', '.join(SCOPES)}")
-        out.append(ApiToken(name, scope, token))  # type: ignore[arg-type]
+        out.append(ApiToken(name, scope, token))
     tokens = [t.token for t in out]
     if len(set(tokens)) != len(tokens):
         raise ValueError("the same API token is listed twice")

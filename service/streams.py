@@ -282,7 +282,7 @@ class EventHub:
                 page = await self.pool.xrange(key, start, "+", count=PAGE)
             frames = [encode(eid, fields) for eid, fields in page]
             if frames:
-                replayed, last = True, frames[-1][0]
+                replayed, last = True, parse_id(page[-1][0])
                 ended = next((i for i, f in enumerate(frames) if f[2]), None)
                 if ended is not None:
                     yield b"".join(f[1] for f in frames[: ended + 1])
@@ -302,10 +302,8 @@ class EventHub:
         give_up = loop.time() + 2.0 if terminal else None
         q = sub.queue
         while True:
-            if give_up is None:
-                first = (
-                    await q.get()
-                )  # the hub's ticker puts a keep-alive into an idle queue every few seconds
+            if give_up is None:  # (the hub's ticker puts a keep-alive into an idle queue every few seconds)
+                first = await q.get()
             else:
                 try:
                     async with asyncio.timeout(max(0.0, give_up - loop.time())):
@@ -340,9 +338,8 @@ class EventHub:
         feed = self.feeds.get(sub.job_id)
         if feed is None or sub.closed:
             return
-        if (
-            feed.cursor is None or covered < feed.cursor
-        ):  # a rewind re-reads a little; clients skip what they had
+        # a rewind (a client whose history ends before the cursor) re-reads a little; clients skip what they had
+        if feed.cursor is None or covered < feed.cursor:
             feed.cursor = covered
             self._wake()
 
@@ -409,7 +406,7 @@ class EventHub:
             if self._stopping:
                 return
             self.healthy, delay = True, 0.1
-            items = reply.items() if isinstance(reply, dict) else (reply or [])
+            items: Any = reply.items() if isinstance(reply, dict) else (reply or [])
             for key, entries in items:
                 if key == self.wake_key:
                     self._wake_cursor = entries[-1][0] if entries else self._wake_cursor

@@ -84,9 +84,8 @@ def test_a_submit_token_cannot_see_or_cancel_another_tokens_job(svc, as_):
     assert alice.get(f"/jobs/{jid}").json()["owner"] == "alice"
     mine = alice.get("/jobs", params={"limit": 500}).json()
     assert [j["id"] for j in mine["data"]] == [jid] and mine["count"] == 1
-    assert (
-        alice.get("/jobs", params={"model_type": "mixtral"}).json()["count"] == 1
-    )  # filters combine with it
+    # filters combine with it
+    assert alice.get("/jobs", params={"model_type": "mixtral"}).json()["count"] == 1
     assert bob.get("/jobs", params={"model_type": "mixtral"}).json()["count"] == 0
     # read and admin tokens see everything
     assert viewer.get(f"/jobs/{jid}").status_code == 200

@@ -127,5 +127,5 @@ class _StreamsCollector:
 def metrics(store: StoreDep, request: Request) -> PlainTextResponse:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_JobsCollector(store))  # type: ignore[arg-type]
-    registry.register(_StreamsCollector(request.app.state.hub))  # type: ignore[arg-type]
+    registry.register(_StreamsCollector(request.app.state.hub))
     return PlainTextResponse(generate_latest(registry).decode(), media_type="text/plain; version=0.0.4")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
@@ -29,7 +29,9 @@ from .errors import ERRORS
 
 router = APIRouter(tags=["jobs"], dependencies=[Depends(require_token)])
 
-_FORBIDDEN = {403: {"description": "the API token's scope does not allow this"}}
+_FORBIDDEN: dict[int | str, dict[str, Any]] = {
+    403: {"description": "the API token's scope does not allow this"}
+}
 
 
 @router.post(
