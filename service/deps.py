@@ -133,7 +133,6 @@ def require_scope(*scopes: Scope) -> Any:
 
 
 SubmitterDep = Annotated[Principal, Depends(require_scope("submit", "admin"))]
-AdminDep = Annotated[Principal, Depends(require_scope("admin"))]
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 

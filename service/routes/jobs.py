@@ -179,7 +179,8 @@ async def job_events(
 ) -> Response:
     """Events ``status``, ``progress`` (JSON data) and a final ``end``; resumable with ``Last-Event-ID``. A new
     client gets the job's history first; a finished job's stream ends after it. Streams per client (API token,
-    or address without auth) are capped per API process: 429 with ``Retry-After`` beyond."""
+    or address without auth) are capped per API process: 429 with ``Retry-After`` beyond; 503 when the process
+    serves its maximum. A ``submit`` token follows only its own jobs."""
     if last_event_id is not None and not EVENT_ID.match(last_event_id):
         raise InvalidRequestError("Last-Event-ID must be an event id of this stream (digits-digits)")
     rec = await visible_job(request, job_id, principal)
