@@ -15,17 +15,72 @@
 | ``CKPT_CONVERT_IDEMPOTENCY_TTL`` | seconds the same request returns the same job (default 24 h) |
 | ``CKPT_CONVERT_JOB_RETENTION`` | seconds a finished job's record is kept (default 30 days) |
 | ``CKPT_CONVERT_DEVICE`` | where workers run arithmetic ops: ``auto`` (a GPU when torch sees one), ``cpu``, ``cuda`` |
+| ``CKPT_CONVERT_API_TOKENS`` | API tokens, comma-separated: ``name:scope:token`` (scope ``read``, ``submit`` or ``admin``), or a
+  plain token (admin); empty = no auth |
+| ``CKPT_CONVERT_MAX_STREAMS`` | event streams one API process serves at most (503 beyond; ``/readyz`` is not ok near it) |
+| ``CKPT_CONVERT_MAX_STREAMS_PER_CLIENT`` | event streams per client (API token name, or address without auth) per
+  API process (429 beyond) |
+| ``CKPT_CONVERT_BIND`` | the address the API is published on (docker-compose.yml); the API refuses to start on a
+  non-loopback address without API tokens |
 | ``HF_TOKEN`` / ``HF_ENDPOINT`` | the workers' Hub token and endpoint |
 """
 
 from __future__ import annotations
 
+import hashlib
+import ipaddress
 import os
-from functools import lru_cache
+import re
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Scope = Literal["read", "submit", "admin"]
+SCOPES: tuple[Scope, ...] = ("read", "submit", "admin")
+_TOKEN_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class ApiToken:
+    """One entry of ``CKPT_CONVERT_API_TOKENS``. ``name`` is what job records keep as their owner (never the
+    token); ``read`` may look, ``submit`` may also submit and sees and cancels only its own jobs, ``admin`` all."""
+
+    name: str
+    scope: Scope
+    token: str
+
+    def __repr__(self) -> str:  # the secret stays out of logs and tracebacks
+        return f"ApiToken(name={self.name!r}, scope={self.scope!r})"
+
+
+def parse_api_tokens(value: str) -> list[ApiToken]:
+    """``"ci:submit:s3cret,ops:admin:t0ken"`` -> two tokens; a plain entry (no ``:``) is an admin token named
+    ``token-`` + the first 8 hex digits of its SHA-256 (the old form). Raises ``ValueError`` on a malformed entry."""
+    out: list[ApiToken] = []
+    for i, entry in enumerate((e.strip() for e in value.split(",")), 1):
+        if not entry:
+            continue
+        if ":" not in entry:
+            name = "token-" + hashlib.sha256(entry.encode()).hexdigest()[:8]
+            out.append(ApiToken(name, "admin", entry))
+            continue
+        parts = entry.split(":", 2)
+        if len(parts) != 3 or not parts[2]:
+            raise ValueError(f"API token entry {i}: expected name:scope:token")  # (never the entry: a secret)
+        name, scope, token = parts
+        if not _TOKEN_NAME.match(name):
+            raise ValueError(f"API token entry {i}: the name must be 1-64 characters of A-Z a-z 0-9 _ . @ -")
+        if scope not in SCOPES:
+            raise ValueError(f"API token entry {i}: the scope must be one of {', '.join(SCOPES)}")
+        out.append(ApiToken(name, scope, token))
+    tokens = [t.token for t in out]
+    if len(set(tokens)) != len(tokens):
+        raise ValueError("the same API token is listed twice")
+    return out
 
 
 def default_data_dir() -> Path:
@@ -34,7 +89,8 @@ def default_data_dir() -> Path:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CKPT_CONVERT_", extra="ignore")
+    # hide_input_in_errors: a malformed CKPT_CONVERT_API_TOKENS must not print the tokens in the error
+    model_config = SettingsConfigDict(env_prefix="CKPT_CONVERT_", extra="ignore", hide_input_in_errors=True)
 
     redis_url: str | None = Field(
         default=None, validation_alias=AliasChoices("REDIS_URL", "CKPT_CONVERT_REDIS_URL")
@@ -58,8 +114,15 @@ class Settings(BaseSettings):
     lock_ttl: int = 20
     #: how often running jobs report progress (seconds)
     progress_interval: float = 0.25
-    #: bearer tokens accepted by the API (comma-separated); empty = no auth
+    #: bearer tokens accepted by the API: comma-separated ``name:scope:token`` (or plain tokens: admin); empty = no auth
     api_tokens: str = ""
+    #: event streams (GET /jobs/{id}/events) one API process serves at once; beyond: 503, and /readyz is not ok
+    #: from 90 % of it
+    max_streams: int = Field(default=5000, ge=1)
+    #: event streams one client (API token name; client address without auth) may hold per API process (429 beyond)
+    max_streams_per_client: int = Field(default=200, ge=1)
+    #: the address the API is published on (docker-compose.yml's port binding); not loopback needs API tokens
+    bind: str = "127.0.0.1"
     hf_endpoint: str | None = Field(
         default=None, validation_alias=AliasChoices("HF_ENDPOINT", "CKPT_CONVERT_HF_ENDPOINT")
     )
@@ -81,6 +144,12 @@ class Settings(BaseSettings):
     def _strip(cls, v: str) -> str:
         return v.strip()
 
+    @field_validator("api_tokens")
+    @classmethod
+    def _tokens(cls, v: str) -> str:
+        parse_api_tokens(v)  # a malformed entry stops the API at start, not at the first request
+        return v
+
     @property
     def local_roots(self) -> list[Path]:
         """The allowed roots as configured (absolute, ``..`` folded; a root that is itself a link is trusted: local
@@ -93,7 +162,23 @@ class Settings(BaseSettings):
 
     @property
     def token_list(self) -> list[str]:
-        return [t.strip() for t in self.api_tokens.split(",") if t.strip()]
+        return [t.token for t in self.api_token_entries]
+
+    @cached_property
+    def api_token_entries(self) -> list[ApiToken]:
+        return parse_api_tokens(self.api_tokens)
+
+    def check_bind(self) -> None:
+        """Refuse to serve the API on a non-loopback address without API tokens (``RuntimeError``)."""
+        try:
+            loopback = ipaddress.ip_address(self.bind.strip("[]")).is_loopback
+        except ValueError:
+            loopback = self.bind == "localhost"
+        if not loopback and not self.api_tokens.strip():
+            raise RuntimeError(
+                f"CKPT_CONVERT_BIND={self.bind} publishes the API beyond this host, and CKPT_CONVERT_API_TOKENS is "
+                "empty: anyone could submit and cancel jobs. Set API tokens, or bind 127.0.0.1."
+            )
 
     @property
     def secret(self) -> str | None:

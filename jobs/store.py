@@ -7,7 +7,7 @@ the record. Keys (prefix ``ckc:``):
 | key | type | what |
 |---|---|---|
 | ``job:{id}`` | hash | the record: status, request, spec, progress, phases, plan, result, error, timings |
-| ``jobs`` / ``jobs:status:{s}`` / ``jobs:model_type:{t}`` | zset | ids by creation time |
+| ``jobs`` / ``jobs:status:{s}`` / ``jobs:model_type:{t}`` / ``jobs:owner:{name}`` | zset | ids by creation time |
 | ``job:{id}:events`` | stream | status and progress events (SSE replays them) |
 | ``job:{id}:cancel`` | string | cancel flag, polled by the running task |
 | ``job:{id}:lock`` | string | the delivery running the job; refreshed while it runs, so it is the job's heartbeat |
@@ -67,8 +67,9 @@ return {cur, 1}
 
 
 # KEYS: idempotency key ("" = none), destination claim key ("" = none). ARGV: id, created_at, model_type, first
-# event, events maxlen, idempotency TTL, then the record's field/value pairs. Returns {job id, 1 if created, 0 if a
-# live job of the same request exists, 2 if a live job of another request is writing the destination}.
+# event, events maxlen, idempotency TTL, owner ("" = none), then the record's field/value pairs. Returns {job id, 1 if
+# created, 0 if a live job of the same request exists, 2 if a live job of another request is writing the
+# destination}.
 _CREATE = """
 local id = ARGV[1]
 local function live(job, with_succeeded)
@@ -86,12 +87,13 @@ if KEYS[2] ~= '' then
 end
 if KEYS[1] ~= '' then redis.call('SET', KEYS[1], id, 'EX', ARGV[6]) end
 local rec = {}
-for i = 7, #ARGV do rec[#rec + 1] = ARGV[i] end
+for i = 8, #ARGV do rec[#rec + 1] = ARGV[i] end
 redis.call('HSET', 'ckc:job:' .. id, unpack(rec))
 if KEYS[2] ~= '' then redis.call('HSET', 'ckc:job:' .. id, 'dest_claim', KEYS[2]) end
 redis.call('ZADD', 'ckc:jobs', ARGV[2], id)
 redis.call('ZADD', 'ckc:jobs:status:queued', ARGV[2], id)
 if ARGV[3] ~= '' then redis.call('ZADD', 'ckc:jobs:model_type:' .. ARGV[3], ARGV[2], id) end
+if ARGV[7] ~= '' then redis.call('ZADD', 'ckc:jobs:owner:' .. ARGV[7], ARGV[2], id) end
 redis.call('XADD', 'ckc:job:' .. id .. ':events', 'MAXLEN', '~', ARGV[5], '*', 'type', 'status', 'data', ARGV[4])
 return {id, 1}
 """
@@ -174,13 +176,15 @@ def events_key(job_id: str) -> str:
     return P + f"job:{job_id}:events"
 
 
-def _list_keys(status: str | None, model_type: str | None) -> list[str]:
+def _list_keys(status: str | None, model_type: str | None, owner: str | None = None) -> list[str]:
     """The sorted set(s) whose intersection holds the matching job ids."""
     keys = []
     if status:
         keys.append(P + "jobs:status:" + status)
     if model_type:
         keys.append(P + "jobs:model_type:" + model_type)
+    if owner:
+        keys.append(P + "jobs:owner:" + owner)
     return keys or [P + "jobs"]
 
 
@@ -226,8 +230,9 @@ class JobStore:
     ) -> tuple[str, bool]:
         """Create a queued job; with ``idem_hash``, return ``(existing_id, False)`` if a live job (queued,
         running or succeeded) has that hash. ``destination`` (a key naming where the job writes) is claimed until
-        the job ends: :class:`DestinationBusyError` if another live job holds it. One round trip (a Lua script), so
-        duplicates are cheap."""
+        the job ends: :class:`DestinationBusyError` if another live job holds it. A job with an ``owner`` field (the
+        name of the API token that submitted it) is listed under ``jobs:owner:{owner}``. One round trip (a Lua
+        script), so duplicates are cheap."""
         self.sweep()
         job_id = uuid.uuid4().hex
         t = now()
@@ -235,8 +240,9 @@ class JobStore:
         for k, v in fields.items():
             record[k] = _dump(v) if k in JSON_FIELDS else str(v)
         mt = str(fields.get("model_type") or "")
+        owner = str(fields.get("owner") or "")
         args: list[str] = [job_id, repr(t), mt, _dump({"status": "queued"}), str(EVENTS_MAXLEN)]
-        args.append(str(self.idempotency_ttl))
+        args += [str(self.idempotency_ttl), owner]
         for k, v in record.items():
             args += [k, v]
         keys = [
@@ -245,10 +251,8 @@ class JobStore:
         ]
         existing, code = self._create(keys=keys, args=args)
         if int(code) == 2:
-            raise DestinationBusyError(
-                f"job {existing} is writing that destination now; wait for it to end (or cancel it)",
-                key=str(existing),
-            )
+            # not naming the job: it may belong to another token
+            raise DestinationBusyError("another job is writing that destination now; wait for it to end")
         return str(existing), bool(int(code))
 
     def forget_request(self, idem_hash: str, job_id: str) -> None:
@@ -270,7 +274,9 @@ class JobStore:
         ids = self.r.zrangebyscore(P + "jobs", "-inf", cutoff, start=0, num=limit)
         gone = 0
         for job_id in ids:
-            status, mt, finished = self.r.hmget(P + "job:" + job_id, "status", "model_type", "finished_at")
+            status, mt, finished, owner = self.r.hmget(
+                P + "job:" + job_id, "status", "model_type", "finished_at", "owner"
+            )
             if status is not None and (status not in TERMINAL or float(finished or now()) > cutoff):
                 continue
             pipe = self.r.pipeline()
@@ -281,6 +287,8 @@ class JobStore:
                 pipe.zrem(P + "jobs:status:" + st, job_id)
             if mt:
                 pipe.zrem(P + "jobs:model_type:" + mt, job_id)
+            if owner:
+                pipe.zrem(P + "jobs:owner:" + owner, job_id)
             pipe.execute()
             gone += 1
         return gone
@@ -308,10 +316,16 @@ class JobStore:
         return out
 
     def list_jobs(
-        self, *, status: str | None = None, model_type: str | None = None, skip: int = 0, limit: int = 50
+        self,
+        *,
+        status: str | None = None,
+        model_type: str | None = None,
+        owner: str | None = None,
+        skip: int = 0,
+        limit: int = 50,
     ) -> tuple[list[dict[str, Any]], int]:
-        """Newest first, filtered; returns (page, total matching)."""
-        keys = _list_keys(status, model_type)
+        """Newest first, filtered (``owner``: only the jobs of that API token name); returns (page, total matching)."""
+        keys = _list_keys(status, model_type, owner)
         if len(keys) == 1:
             count = self.r.zcard(keys[0])
             ids = self.r.zrevrange(keys[0], skip, skip + limit - 1)
@@ -497,10 +511,19 @@ class AsyncJobReader:
         raw = await self.r.hgetall(P + "job:" + job_id)
         return JobStore._decode(raw) if raw else None
 
+    async def workers_alive(self, within: float = 30.0) -> list[str]:
+        return list(await self.r.zrangebyscore(P + "workers", now() - within, "+inf"))
+
     async def list_jobs(
-        self, *, status: str | None = None, model_type: str | None = None, skip: int = 0, limit: int = 50
+        self,
+        *,
+        status: str | None = None,
+        model_type: str | None = None,
+        owner: str | None = None,
+        skip: int = 0,
+        limit: int = 50,
     ) -> tuple[list[dict[str, Any]], int]:
-        keys = _list_keys(status, model_type)
+        keys = _list_keys(status, model_type, owner)
         if len(keys) == 1:
             count = await self.r.zcard(keys[0])
             ids = await self.r.zrevrange(keys[0], skip, skip + limit - 1)

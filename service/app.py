@@ -22,6 +22,7 @@ from jobs.store import AsyncJobReader
 from .errors import ApiError, error_body
 from .routes import health, jobs, pages, rules
 from .routes.jobs import FinishedJobs
+from .streams import EventHub, end_streams_on_signals
 
 DESCRIPTION = """
 Converts model checkpoints between the layout they are published in on the Hugging Face Hub and the layout
@@ -81,15 +82,30 @@ class _TooLarge(Exception):
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    app.state.aredis = aredis.Redis.from_url(
-        get_settings().redis,
+    settings = get_settings()
+    # no request holds a connection for long (event streams share one reader), but a burst of them may need
+    # more than redis-py's default 100 at once (a BlockingConnectionPool would queue them instead: measured, it
+    # costs GET /jobs a third of its throughput)
+    pool = aredis.ConnectionPool.from_url(
+        settings.redis,
+        max_connections=1000,
         decode_responses=True,
         retry=AsyncRetry(ExponentialBackoff(cap=1.0, base=0.05), 8),
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         socket_connect_timeout=5,
     )
+    app.state.aredis = aredis.Redis.from_pool(pool)
     app.state.reader = AsyncJobReader(app.state.aredis)
     app.state.finished = FinishedJobs()
+    # event streams: one Redis reader for all clients of this process (no pool connection per client)
+    app.state.hub = EventHub(
+        settings.redis,
+        app.state.aredis,
+        max_streams=settings.max_streams,
+        max_per_client=settings.max_streams_per_client,
+    )
+    await app.state.hub.start()
+    restore_signals = end_streams_on_signals(app.state.hub)
     # everything allocated so far lives as long as the process: keep it out of the collector's way, so that
     # collections (the main source of latency tails under load) only walk per-request garbage
     gc.collect()
@@ -97,11 +113,14 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        restore_signals()
+        await app.state.hub.stop()
         await app.state.aredis.aclose()
 
 
 def create_app() -> FastAPI:
     settings = get_settings()
+    settings.check_bind()  # never published beyond this host without API tokens
     app = FastAPI(
         title="ckpt-convert",
         version=__version__,
@@ -128,7 +147,7 @@ def create_app() -> FastAPI:
     @app.exception_handler(ConversionError)
     async def typed_error(request: Request, exc: Exception) -> JSONResponse:
         status, body = error_body(exc)
-        return JSONResponse(body, status_code=status)
+        return JSONResponse(body, status_code=status, headers=getattr(exc, "headers", None))
 
     pages.install(app)  # the dashboard at / (HTML + static assets)
     app.include_router(jobs.router)

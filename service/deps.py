@@ -1,8 +1,10 @@
-"""FastAPI dependencies: settings, the job store, the queue, auth."""
+"""FastAPI dependencies: settings, the job store, the queue, auth (who is asking, with which scope)."""
 
 from __future__ import annotations
 
 import hmac
+import re
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Any
 
@@ -10,8 +12,10 @@ from fastapi import Depends, Header, HTTPException
 
 from jobs.queue import TASK_CONVERT, make_celery
 from jobs.secret import TOKEN_HEADER, seal
-from jobs.settings import Settings, get_settings
+from jobs.settings import Scope, Settings, get_settings, parse_api_tokens
 from jobs.store import JobStore, store_for
+
+from .errors import JobNotFoundError
 
 
 @lru_cache
@@ -59,15 +63,42 @@ async def get_queue() -> Queue:
     return _queue
 
 
+@dataclass(frozen=True)
+class Principal:
+    """Who is asking: the API token's name and scope (``name=None``, admin: no tokens configured, no auth)."""
+
+    name: str | None
+    scope: Scope
+
+    def may_see(self, record: dict[str, Any]) -> bool:
+        """A submit token sees only the jobs it submitted; read and admin tokens see all."""
+        return self.scope != "submit" or record.get("owner") == self.name
+
+    @property
+    def owner_filter(self) -> str | None:
+        """What ``GET /jobs`` lists: a submit token's own jobs only."""
+        return self.name if self.scope == "submit" else None
+
+
+ANONYMOUS = Principal(None, "admin")
+
+
+@lru_cache
+def _tokens(value: str) -> list[tuple[bytes, Principal]]:
+    return [(t.token.encode(), Principal(t.name, t.scope)) for t in parse_api_tokens(value)]
+
+
 async def require_token(
     authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
-) -> None:
-    """With CKPT_CONVERT_API_TOKENS set: ``Authorization: Bearer <token>`` is required (401 without, 403 if wrong).
+) -> Principal:
+    """With CKPT_CONVERT_API_TOKENS set: ``Authorization: Bearer <token>`` is required (401 without, 403 if wrong);
+    returns the token's :class:`Principal`. Without tokens everyone is :data:`ANONYMOUS` (admin).
 
     Async (no thread hop): it runs on every protected request."""
-    tokens = get_settings().token_list
-    if not tokens:
-        return
+    settings = get_settings()
+    if not settings.api_tokens.strip():
+        return ANONYMOUS
+    tokens = _tokens(settings.api_tokens)
     if not authorization or not authorization.lower().startswith("bearer "):
         raise HTTPException(
             401,
@@ -75,13 +106,49 @@ async def require_token(
             headers={"WWW-Authenticate": "Bearer"},
         )
     given = authorization[7:].strip().encode()
-    ok = False
-    for t in tokens:  # compare with every token, each in constant time
-        ok |= hmac.compare_digest(given, t.encode())
-    if not ok:
+    found: Principal | None = None
+    for token, principal in tokens:  # compare with every token, each in constant time, without stopping early
+        if hmac.compare_digest(given, token):
+            found = principal
+    if found is None:
         raise HTTPException(403, detail={"type": "Forbidden", "message": "invalid token"})
+    return found
+
+
+PrincipalDep = Annotated[Principal, Depends(require_token)]
+
+
+def require_scope(*scopes: Scope) -> Any:
+    """A dependency refusing (403) tokens whose scope is not one of ``scopes``."""
+
+    async def check(principal: PrincipalDep) -> Principal:
+        if principal.scope not in scopes:
+            raise HTTPException(
+                403,
+                detail={
+                    "type": "Forbidden",
+                    "message": f"a {principal.scope} token cannot do this (needs {' or '.join(scopes)})",
+                },
+            )
+        return principal
+
+    return check
+
+
+SubmitterDep = Annotated[Principal, Depends(require_scope("submit", "admin"))]
+
+JOB_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+async def job_id_param(job_id: str) -> str:
+    """A job id as the store creates them (32 lowercase hex digits); anything else is 404 before Redis is asked,
+    so that no path parameter reaches another key (``<id>:parts``, ``<id>:events``)."""
+    if not JOB_ID.match(job_id):
+        raise JobNotFoundError(f"no job {job_id[:100]}")
+    return job_id
 
 
 StoreDep = Annotated[JobStore, Depends(get_store)]
 SettingsDep = Annotated[Settings, Depends(settings_dep)]
 QueueDep = Annotated[Queue, Depends(get_queue)]
+JobIdDep = Annotated[str, Depends(job_id_param)]

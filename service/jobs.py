@@ -36,10 +36,17 @@ def submit(
     *,
     idempotency_key: str | None = None,
     hf_token: str | None = None,
+    owner: str | None = None,
+    own_jobs_only: bool = False,
 ) -> tuple[dict[str, Any], bool]:
     """Build the job's spec once (source resolved, model_type checked), then return the live job of the same spec
-    or create and queue one. Returns ``(job record, created)``."""
+    or create and queue one. Returns ``(job record, created)``. ``owner``: the name of the API token submitting
+    (the record keeps it); ``own_jobs_only`` (a submit token): a duplicate (same spec or ``Idempotency-Key``) is
+    looked up among the owner's jobs only, so that no such token is handed a job it may not see."""
     raw_hash = request_hash(req.model_dump())
+    scope = owner if own_jobs_only and owner else None
+    if scope and idempotency_key:
+        idempotency_key = f"{scope}:{idempotency_key}"
     if idempotency_key:
         hit = store.idempotency_key(idempotency_key, raw_hash)
         if hit is not None:
@@ -56,11 +63,14 @@ def submit(
         "destination": destination_view(spec),
         "idem_hash": spec.key(),
     }
-    job_id, created = store.create(fields, idem_hash=spec.key(), destination=destination_key(spec))
+    if owner:
+        fields["owner"] = owner
+    idem = f"{spec.key()}:{scope}" if scope else spec.key()
+    job_id, created = store.create(fields, idem_hash=idem, destination=destination_key(spec))
     if not created and output_changed(store.get(job_id)):
         # the same request succeeded before, but its output is gone or was changed since: run it again
-        store.forget_request(spec.key(), job_id)
-        job_id, created = store.create(fields, idem_hash=spec.key(), destination=destination_key(spec))
+        store.forget_request(idem, job_id)
+        job_id, created = store.create(fields, idem_hash=idem, destination=destination_key(spec))
     if idempotency_key:
         hit = store.idempotency_key(idempotency_key, raw_hash, job_id)
         if hit is not None and hit[0] != job_id:  # a concurrent request with the same key won

@@ -172,6 +172,9 @@ class Job(BaseModel):
     )
     result: JobResult | None = None
     error: JobError | None = None
+    owner: str | None = Field(
+        None, description="name of the API token that submitted the job (with tokens set)"
+    )
 
 
 class JobList(BaseModel):
@@ -258,4 +261,5 @@ def job_from_record(rec: dict[str, Any]) -> Job:
         plan=rec.get("plan"),
         result=rec.get("result"),
         error=rec.get("error"),
+        owner=rec.get("owner") or None,
     )

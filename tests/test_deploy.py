@@ -3,7 +3,10 @@ commands they run are the commands the integration tests run (``service.launcher
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -56,7 +59,7 @@ def test_compose_structure():
     assert "container_name" not in s["worker"] and "ports" not in s["worker"]
     gpu = s["worker"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"]
-    assert s["api"]["ports"] == ["8000:8000"]
+    assert s["api"]["ports"] == ["${CKPT_CONVERT_BIND:-127.0.0.1}:8000:8000"]
     # the worker image is the api's image (built once)
     assert s["worker"]["image"] == s["api"]["image"] and "build" in s["api"]
     # the worker healthcheck is a module of ours
@@ -97,6 +100,34 @@ def test_compose_requires_the_redis_password_and_the_secret_key():
             with pytest.raises(KeyError, match=missing):
                 for v in (*service_env.values(), *s["redis"]["command"]):
                     interpolate(str(v), {**env, missing: ""})
+
+
+def test_the_api_is_published_on_loopback_unless_tokens_and_an_address_are_given():
+    """By default the port is bound to 127.0.0.1 (nobody else in); CKPT_CONVERT_BIND opens it, and the API
+    itself refuses that without tokens, so that an open port never serves without them."""
+    api = compose()["services"]["api"]
+    (port,) = api["ports"]
+    assert interpolate(port, {}) == "127.0.0.1:8000:8000"
+    assert interpolate(port, {"CKPT_CONVERT_API_TOKENS": "ops:admin:x"}) == "127.0.0.1:8000:8000"
+    assert interpolate(port, {"CKPT_CONVERT_BIND": "0.0.0.0"}) == "0.0.0.0:8000:8000"
+    # the API sees the same address the port is published on, and its tokens
+    env = api["environment"]
+    assert env["CKPT_CONVERT_BIND"] == "${CKPT_CONVERT_BIND:-127.0.0.1}"
+    assert port.startswith(env["CKPT_CONVERT_BIND"] + ":")
+    assert env["CKPT_CONVERT_API_TOKENS"] == "${CKPT_CONVERT_API_TOKENS:-}"
+    # ... and refuses to start on 0.0.0.0 without tokens (with them, it starts)
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CKPT_CONVERT_")}
+    check = [sys.executable, "-c", "from jobs.settings import get_settings; get_settings().check_bind()"]
+
+    def run(**e: str) -> subprocess.CompletedProcess:
+        return subprocess.run(check, env={**base, **e}, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+    refused = run(CKPT_CONVERT_BIND=interpolate(env["CKPT_CONVERT_BIND"], {"CKPT_CONVERT_BIND": "0.0.0.0"}))
+    assert refused.returncode != 0 and "CKPT_CONVERT_API_TOKENS" in refused.stderr
+    assert run(CKPT_CONVERT_BIND="0.0.0.0", CKPT_CONVERT_API_TOKENS="ops:admin:x").returncode == 0
+    assert run(CKPT_CONVERT_BIND=interpolate(env["CKPT_CONVERT_BIND"], {})).returncode == 0
+    # no other service publishes a port
+    assert [n for n, svc in compose()["services"].items() if "ports" in svc] == ["api"]
 
 
 def test_cpu_override_drops_the_gpu_reservation():

@@ -241,7 +241,9 @@ def test_rules_endpoints(svc):
 def test_health_ready_metrics(svc):
     assert svc.http.get("/healthz").json() == {"status": "ok"}
     r = svc.http.get("/readyz")
-    assert r.status_code == 200 and r.json()["workers"]
+    assert r.status_code == 200 and r.json() == {"status": "ok"}  # public: nothing more (GET /status has it)
+    st = svc.http.get("/status").json()  # no tokens: everyone is admin
+    assert st["ready"] is True and st["redis"] == "ok" and st["workers"][0].startswith("w1@")
     m = svc.http.get("/metrics").text
     assert 'ckpt_convert_jobs{status="succeeded"}' in m
     assert "ckpt_convert_bytes_converted_total" in m and "ckpt_convert_job_duration_seconds_bucket" in m

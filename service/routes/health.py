@@ -1,17 +1,20 @@
-"""Liveness, readiness and Prometheus metrics."""
+"""Liveness, readiness (public: ok or not ok), the details behind it (admin) and Prometheus metrics."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
+from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
 from jobs.store import DURATION_BUCKETS, JobStore
 
-from ..deps import StoreDep, require_token
+from ..deps import StoreDep, require_scope, require_token
+from ..streams import EventHub
 
 router = APIRouter(tags=["health"])
 
@@ -21,22 +24,45 @@ async def healthz() -> dict:
     return {"status": "ok"}
 
 
+async def readiness(request: Request) -> dict[str, Any]:
+    """Redis reachable (within 2 s), a worker alive, and this process's event streams below 90 % of their cap."""
+    hub: EventHub = request.app.state.hub
+    try:
+        async with asyncio.timeout(2):
+            await request.app.state.aredis.ping()
+            workers = await request.app.state.reader.workers_alive()
+        redis_state = "ok"
+    except Exception as e:  # noqa: BLE001 - any failure to reach Redis means not ready
+        workers, redis_state = [], f"unreachable: {type(e).__name__}"
+    ready = redis_state == "ok" and bool(workers) and hub.ready
+    return {"ready": ready, "redis": redis_state, "workers": workers, "streams": hub.stats()}
+
+
 @router.get(
     "/readyz",
-    summary="Redis reachable and at least one worker alive",
-    responses={503: {"description": "not ready"}},
+    summary="Ready: Redis reachable, a worker alive, event streams not saturated",
+    responses={
+        200: {"content": {"application/json": {"example": {"status": "ok"}}}},
+        503: {"description": "not ready", "content": {"application/json": {"example": {"status": "not ok"}}}},
+    },
 )
-def readyz(store: StoreDep) -> JSONResponse:
-    try:
-        store.r.ping()
-        workers = store.workers_alive()
-    except Exception as e:  # noqa: BLE001
-        return JSONResponse(
-            {"status": "unavailable", "redis": f"unreachable: {type(e).__name__}", "workers": []}, 503
-        )
-    ok = bool(workers)
-    body = {"status": "ok" if ok else "no workers", "redis": "ok", "workers": workers}
-    return JSONResponse(body, 200 if ok else 503)
+async def readyz(request: Request) -> JSONResponse:
+    """``{"status": "ok"}`` (200) or ``{"status": "not ok"}`` (503), nothing else: it is public. Why not ok
+    (Redis, workers, streams) is in ``GET /status`` (admin)."""
+    ok = (await readiness(request))["ready"]
+    return JSONResponse({"status": "ok" if ok else "not ok"}, 200 if ok else 503)
+
+
+@router.get(
+    "/status",
+    summary="What readiness is made of: Redis, live workers by name, this process's event streams",
+    dependencies=[Depends(require_scope("admin"))],
+    responses={401: {"description": "no token"}, 403: {"description": "not an admin token"}},
+)
+async def status(request: Request) -> dict[str, Any]:
+    """``{ready, redis, workers: [names], streams: {open, max, max_per_client, jobs_followed, clients,
+    dropped_slow_clients, reader}}``; stream numbers are this API process's. Needs an ``admin`` token."""
+    return await readiness(request)
 
 
 class _JobsCollector:
@@ -70,13 +96,36 @@ class _JobsCollector:
         )
 
 
+class _StreamsCollector:
+    """This API process's event streams (each process of the API reports its own)."""
+
+    def __init__(self, hub: EventHub) -> None:
+        self.hub = hub
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "ckpt_convert_event_streams", "Event streams open in this API process", value=self.hub.open
+        )
+        yield GaugeMetricFamily(
+            "ckpt_convert_event_streams_max",
+            "Event streams this API process serves at most",
+            value=self.hub.max_streams,
+        )
+        yield CounterMetricFamily(
+            "ckpt_convert_event_streams_dropped",
+            "Event stream clients dropped for falling behind, in this API process",
+            value=self.hub.dropped,
+        )
+
+
 @router.get(
     "/metrics",
     response_class=PlainTextResponse,
     summary="Prometheus metrics",
     dependencies=[Depends(require_token)],  # job counts are not public when API tokens are set
 )
-def metrics(store: StoreDep) -> PlainTextResponse:
+def metrics(store: StoreDep, request: Request) -> PlainTextResponse:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_JobsCollector(store))  # type: ignore[arg-type]
+    registry.register(_StreamsCollector(request.app.state.hub))
     return PlainTextResponse(generate_latest(registry).decode(), media_type="text/plain; version=0.0.4")
