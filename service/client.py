@@ -197,10 +197,28 @@ class Api:
         """The job's Server-Sent Events from ``last_id`` on, as ``(id, event, data)``."""
         headers = {"Last-Event-ID": last_id} if last_id else {}
         with self.http.stream("GET", f"/jobs/{job_id}/events", headers=headers) as r:
+            if r.status_code in (429, 503):  # too many streams open: poll instead, as the server asks
+                r.read()
+                raise StreamBusy(_retry_after(r))
             if r.status_code != 200:
                 r.read()
                 raise response_error(r)
             yield _parse_events(r.iter_lines())
+
+
+class StreamBusy(Exception):
+    """The server has no room for another event stream now; ``retry_after`` seconds until it may."""
+
+    def __init__(self, retry_after: float) -> None:
+        super().__init__(f"event stream refused; retry after {retry_after:g} s")
+        self.retry_after = retry_after
+
+
+def _retry_after(r: httpx.Response) -> float:
+    try:
+        return min(30.0, max(1.0, float(r.headers.get("Retry-After", "2"))))
+    except ValueError:
+        return 2.0
 
 
 def _parse_events(lines: Iterator[str]) -> Iterator[tuple[str | None, str, Any]]:
@@ -317,6 +335,8 @@ def follow(api: Api, job: dict[str, Any], deadline: Deadline, *, quiet: bool = F
                         elif event == "end":
                             return api.job(job_id)
                         deadline.check()
+            except StreamBusy as e:  # poll the job meanwhile (the server asked us to wait for a stream)
+                deadline.sleep(e.retry_after)
             except httpx.TransportError as e:
                 failures += 1
                 if failures > STREAM_FAILURES:

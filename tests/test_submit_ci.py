@@ -284,3 +284,41 @@ def test_example_workflow():
     env = {k: v for s in steps for k, v in (s.get("env") or {}).items()}
     assert "secrets." in env["CKPT_CONVERT_TOKEN"] and "CKPT_CONVERT_SERVER" in env
     assert any("upload-artifact" in s.get("uses", "") for s in steps)
+
+
+def test_wait_polls_when_the_server_has_no_room_for_another_stream(tmp_path):
+    """With this client's share of event streams taken (429 + Retry-After), --wait follows the job by polling and
+    still ends with the job's own exit code."""
+    import threading
+
+    import httpx
+
+    env = {"CKPT_CONVERT_MAX_STREAMS_PER_CLIENT": "1", "CKPT_CONVERT_MAX_BYTES_PER_SECOND": "100000"}
+    with Service(tmp_path, workers=("w1", "w2"), **env) as s:
+        src = write_checkpoint(
+            tmp_path / "src", mixtral_tensors(), config=MIXTRAL_CONFIG
+        )  # ~0.1 s at the cap
+        big = mixtral_tensors(layers=8, experts=8, hidden=64, inter=128)  # ~30 s: its stream stays open
+        slow = write_checkpoint(tmp_path / "slow", big, config=MIXTRAL_CONFIG)
+        held = s.http.post(
+            "/convert", json={"source": str(slow), "destination": {"local_path": str(tmp_path / "a")}}
+        )
+        held_id = held.json()["id"]
+        stop = threading.Event()
+
+        def hold() -> None:  # this client's one stream, kept open
+            with (
+                httpx.Client(base_url=s.url, timeout=None) as c,
+                c.stream("GET", f"/jobs/{held_id}/events") as r,
+            ):
+                for _ in r.iter_lines():
+                    if stop.is_set():
+                        return
+
+        threading.Thread(target=hold, daemon=True).start()
+        wait_until(lambda: s.http.get("/status").json()["streams"]["open"] == 1, what="the share used")
+        r = submit(s.url, src, tmp_path / "b", "--wait", "--json", "--timeout", "120")
+        stop.set()
+        s.http.delete(f"/jobs/{held_id}")
+        assert r.returncode == Exit.SUCCEEDED, r.stderr
+        assert json.loads(r.stdout)["status"] == "succeeded"
