@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import itertools
 import json
+import mmap
 import os
 import queue
 import threading
@@ -29,7 +30,7 @@ from typing import Any, BinaryIO, cast
 
 from ._version import __version__
 from .errors import CancelledError, CheckpointError
-from .kernels import check_device, resolve_device
+from .kernels import check_device, release_scratch, resolve_device
 from .layout import Computed, Piece, Step, VirtualTensor
 from .planner import Plan
 from .rules import RULES_VERSION
@@ -43,6 +44,8 @@ STEP_BYTES = 4 * 1024 * 1024
 #: bytes of step buffers in flight (read ahead, being computed, waiting to be written): with torch's own ~225 MB,
 #: a compute conversion stays under 300 MB whatever the checkpoint size
 PIPELINE_BYTES = 32 * 1024 * 1024
+#: threads computing steps at once: None for one per core on the CPU (one on a GPU)
+COMPUTE_WORKERS: int | None = None
 
 
 @dataclass
@@ -122,14 +125,20 @@ def _size_class(n: int) -> int:
 
 
 class _Buf:
-    """A host buffer (a uint8 tensor, pinned when a GPU computes) and a memoryview of the same bytes for I/O."""
+    """A host buffer as a uint8 tensor and a memoryview of the same bytes (for I/O): anonymous memory of its own
+    (returned to the system when dropped, so the budget is what the process holds), or pinned when a GPU
+    computes (asynchronous copies)."""
 
     def __init__(self, size: int, pinned: bool) -> None:
         import torch
 
         self.size = size
-        self.tensor = torch.empty(size, dtype=torch.uint8, pin_memory=pinned)
-        self.mv = memoryview((ctypes.c_char * size).from_address(self.tensor.data_ptr())).cast("B")
+        if pinned:
+            self.tensor = torch.empty(size, dtype=torch.uint8, pin_memory=True)
+            self.mv = memoryview((ctypes.c_char * size).from_address(self.tensor.data_ptr())).cast("B")
+        else:
+            self.mv = memoryview(mmap.mmap(-1, size))
+            self.tensor = torch.frombuffer(self.mv, dtype=torch.uint8)
         self.refs = 0
 
 
@@ -241,15 +250,17 @@ class _Streamer:
         copy_chunk: int = COPY_CHUNK,
         device: str | None = None,
         *,
-        step_bytes: int = STEP_BYTES,
-        buffer_bytes: int = PIPELINE_BYTES,
+        step_bytes: int | None = None,
+        buffer_bytes: int | None = None,
         workers: int | None = None,
     ) -> None:
         self.reader = reader
         self.tick = tick
         self.copy_chunk = copy_chunk
         self.device = check_device(device)
-        self.step_bytes, self.buffer_bytes, self.workers = step_bytes, buffer_bytes, workers
+        self.step_bytes = step_bytes or STEP_BYTES
+        self.buffer_bytes = buffer_bytes or PIPELINE_BYTES
+        self.workers = workers or COMPUTE_WORKERS
         self._resolved: str | None = None
         self._folder = reader.folder if isinstance(reader, LocalReader) else None
         self._fds: dict[str, int] = {}
@@ -358,12 +369,18 @@ class _Streamer:
         if isinstance(p.source, str):
             return self.reader.read(p.source, p.offset, p.length)
         buf = bytearray(p.length)
-        self.compute_into(p.source, p.offset, p.offset + p.length, memoryview(buf))
+        try:
+            self.compute_into(p.source, p.offset, p.offset + p.length, memoryview(buf))
+        finally:
+            release_scratch()
         return bytes(buf)
 
     def read_tensor(self, vt: VirtualTensor, start: int, stop: int) -> bytes:
         buf = bytearray(stop - start)
-        self.read_into(vt, start, stop, memoryview(buf))
+        try:
+            self.read_into(vt, start, stop, memoryview(buf))
+        finally:
+            release_scratch()
         return bytes(buf)
 
     # --- writing ----------------------------------------------------------------------------------------------

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import functools
 import math
+import mmap
 import re
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -306,6 +308,33 @@ WHOLE_INPUT_FACTOR = 4
 FP8_SUB_ELEMENTS = 1 << 18
 
 
+_SCRATCH = threading.local()
+
+
+def scratch(slot: str, n: int, dtype: Any, device: Any) -> Any:
+    """A temporary of ``n`` elements for a kernel, reused by this thread from step to step (so that temporaries do
+    not fragment the heap: on the CPU it is anonymous memory of its own). Contents are garbage."""
+    import torch
+
+    cache: dict[str, Any] = _SCRATCH.__dict__.setdefault("buffers", {})
+    nbytes = n * dtype.itemsize
+    buf = cache.get(slot)
+    if buf is None or buf.numel() < nbytes or buf.device != device:
+        cache.pop(slot, None)
+        size = max(nbytes, 1) * 5 // 4  # a little room, so that a slightly larger step does not reallocate
+        if device.type == "cpu":
+            buf = torch.frombuffer(memoryview(mmap.mmap(-1, size)), dtype=torch.uint8)
+        else:
+            buf = torch.empty(size, dtype=torch.uint8, device=device)
+        cache[slot] = buf
+    return buf[:nbytes].view(dtype)
+
+
+def release_scratch() -> None:
+    """Drop this thread's kernel temporaries."""
+    _SCRATCH.__dict__.pop("buffers", None)
+
+
 def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
@@ -520,22 +549,47 @@ class Fp8Kernel:
         import torch
 
         a, b = step.arg
-        n, cols, sc = b - a, self.cols, self.sc
+        n, cols, sc, bn = b - a, self.cols, self.sc, self.cols // self.sc
         dev = out.device
-        q = _view(inputs[0], self.wdtype).view(n, self.w_row)
         s = _view(inputs[1], self.sdtype).view(-1, sc)
         s32 = (s.to(torch.float32) - 127.0).exp2() if self.sdtype == "U8" else s.to(torch.float32)
-        g = torch.arange(a, b, device=dev)
-        rows_scale = (g // self.rows) * self.sr + (g % self.rows) // self.bm - self._scale_row(a)
         o = _view(out, self.to).view(n, cols)
-        k = n if dev.type != "cpu" else max(1, min(n, FP8_SUB_ELEMENTS // cols))
-        tmp = torch.empty(k * cols, dtype=torch.float32, device=dev)
-        for r in range(0, n, k):
-            r2 = min(r + k, n)
-            t = tmp[: (r2 - r) * cols].view(r2 - r, cols)
-            t.copy_(unpack_fp4(q[r:r2]) if self.packed else q[r:r2])
-            t.view(r2 - r, sc, cols // sc).mul_(s32.index_select(0, rows_scale[r:r2]).unsqueeze(-1))
-            o[r:r2].copy_(t)
+        if self.packed:  # FP4 pairs: unpacked to float32, then scaled (rare; not worth a table)
+            q4 = _view(inputs[0], self.wdtype).view(n, self.w_row)
+            g = torch.arange(a, b, device=dev)
+            rows_scale = (g // self.rows) * self.sr + (g % self.rows) // self.bm - self._scale_row(a)
+            t = unpack_fp4(q4).view(n, sc, bn) * s32.index_select(0, rows_scale).unsqueeze(-1)
+            o.copy_(t.view(n, cols))
+            return
+        # every weight byte under every scale of the step, dequantized once: (lut[byte] * scale).to(to) is the very
+        # product transformers computes element by element, so one lookup per element gives its bytes
+        tables = (fp8_lut(self.wdtype, str(dev)).view(1, 1, 256) * s32.view(-1, sc, 1)).to(
+            torch_dtype(self.to)
+        )
+        flat = tables.view(-1)
+        q = inputs[0].view(n, cols)
+        col = (torch.arange(cols, dtype=torch.int32, device=dev) // bn) * 256
+        per = n if dev.type != "cpu" else max(1, min(n, FP8_SUB_ELEMENTS // cols))
+        idx = scratch("fp8 index", per * cols, torch.int32, dev)
+        s0 = self._scale_row(a)
+        r = 0
+        while r < n:
+            g = a + r
+            r2 = min(n, r + per, r + self.bm - (g % self.rows) % self.bm)  # one scale row at a time
+            base = col + (self._scale_row(g) - s0) * sc * 256
+            ix = idx[: (r2 - r) * cols].view(r2 - r, cols)
+            ix.copy_(q[r:r2])
+            ix.add_(base)
+            torch.index_select(flat, 0, ix.view(-1), out=o[r:r2].view(-1))
+            r = r2
+
+
+@functools.lru_cache(maxsize=8)
+def fp8_lut(dtype: str, device: str = "cpu") -> Any:
+    """The float32 value of every byte of an FP8 ``dtype``, as torch converts it (NaN codes included)."""
+    import torch
+
+    return torch.arange(256, dtype=torch.uint8).view(torch_dtype(dtype)).to(torch.float32).to(device)
 
 
 def fp8_dequantize(weight: VirtualTensor, scale: VirtualTensor, dtype: str, key: str) -> VirtualTensor:
@@ -642,17 +696,28 @@ class Mxfp4Kernel:
         import torch
 
         kind, k, g0, g1 = step.arg
-        o, gs, bb = self.out, self.groups, self.block
+        o, gs, bb, gn = self.out, self.groups, self.block, g1 - g0
+        dev = out.device
         if kind == "band":
-            blk = inputs[0].view(k, o, g1 - g0, bb)
-            sc = inputs[1].view(k, o, g1 - g0)
+            blk = inputs[0].view(k, o, gn, bb)
+            sc = inputs[1].view(k, o, gn)
         else:
             blk = inputs[0].view(k, o, gs, bb)[:, :, g0:g1]
             sc = inputs[1].view(k, o, gs)[:, :, g0:g1]
-        idx = blk.to(torch.int32).add_((sc.to(torch.int32) << 8).unsqueeze(-1))
-        table = mxfp4_table(self.to, str(out.device))
-        values = table.index_select(0, idx.view(-1)).view(torch_dtype(self.to)).view(k, o, (g1 - g0) * bb * 2)
-        _view(out, self.to).view(k, (g1 - g0) * bb * 2, o).copy_(values.transpose(1, 2))
+        # table index (scale << 8 | byte) of every byte, then transposed to the output's order: [k, gn * bb, out]
+        n = k * o * gn * bb
+        idx = scratch("mxfp4 index", n, torch.int32, dev).view(k, o, gn, bb)
+        idx.copy_(blk)  # (torch.add of uint8 and int32 would first copy the bytes to a new int32 tensor)
+        idx.add_((sc.to(torch.int32) << 8).unsqueeze(-1))
+        idx_t = scratch("mxfp4 index t", n, torch.int32, dev).view(k, gn * bb, o)
+        idx_t.copy_(idx.view(k, o, gn * bb).transpose(1, 2))
+        # one lookup per byte gives its (low, high) pair; the pairs go to two consecutive output rows
+        table = mxfp4_table(self.to, str(dev))
+        pairs = scratch("mxfp4 index", n, table.dtype, dev)  # the untransposed index is done with
+        torch.index_select(table, 0, idx_t.view(-1), out=pairs)
+        pairs = pairs.view(torch_dtype(self.to))
+        rows = _view(out, self.to).view(k, gn * bb, 2, o)
+        rows.copy_(pairs.view(k, gn * bb, o, 2).transpose(2, 3))
 
 
 def mxfp4_dequantize(blocks: VirtualTensor, scales: VirtualTensor, dtype: str, key: str) -> VirtualTensor:
