@@ -259,6 +259,7 @@ class _Streamer:
         self.copy_chunk = copy_chunk
         self.device = check_device(device)
         self.step_bytes = step_bytes or STEP_BYTES
+        self._step_given = step_bytes is not None
         self.buffer_bytes = buffer_bytes or PIPELINE_BYTES
         self.workers = workers or COMPUTE_WORKERS
         self._resolved: str | None = None
@@ -422,6 +423,10 @@ class _Streamer:
         propagates; what the pipeline held is released."""
         device = self.resolved_device
         workers = self.workers or (1 if device != "cpu" else _cpu_count())
+        if (
+            not self._step_given
+        ):  # room for every worker's step (input and output), one read ahead, one written
+            self.step_bytes = min(STEP_BYTES, max(64 * 1024, self.buffer_bytes // (2 * (workers + 2))))
         buffers = _Buffers(self.buffer_bytes, pinned=device != "cpu")
         items: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         stop = threading.Event()

@@ -15,7 +15,9 @@ Arithmetic ops (:func:`transpose`, :func:`cast`, :func:`fp8_dequantize`, :func:`
 :class:`Fp8Kernel`, :class:`Mxfp4Kernel`) cuts its output into bounded steps (``steps``) and computes one step
 from the bytes read for it into a preallocated buffer (``run``), on the device the executor resolved with
 :func:`resolve_device`; the executor pipelines the steps. torch is imported only there, so byte-copy plans never
-import it. Every kernel is exact or IEEE round-to-nearest-even, so the bytes are the same on any device.
+import it. Every kernel is exact or IEEE round-to-nearest-even, so the bytes are the same on any device and however
+steps cut a tensor; the one exception is the payload of a NaN that a cast produces on a GPU (its conversions
+canonicalise NaNs unlike the CPU's; dequantization tables are made on the CPU, so FP8 and MXFP4 agree even there).
 """
 
 from __future__ import annotations
@@ -575,10 +577,11 @@ class Fp8Kernel:
             return
         # every weight byte under every scale of the step, dequantized once: (lut[byte] * scale).to(to) is the very
         # product transformers computes element by element, so one lookup per element gives its bytes
-        tables = (fp8_lut(self.wdtype, str(dev)).view(1, 1, 256) * s32.view(-1, sc, 1)).to(
-            torch_dtype(self.to)
-        )
-        flat = tables.view(-1)
+        s_cpu = s32.cpu().view(
+            -1, sc, 1
+        )  # the tables are made on the CPU (a few KB): a GPU writes the CPU's bytes
+        tables = (fp8_lut(self.wdtype).view(1, 1, 256) * s_cpu).to(torch_dtype(self.to))
+        flat = tables.view(-1).to(dev)
         q = inputs[0].view(n, cols)
         col = (torch.arange(cols, dtype=torch.int32, device=dev) // bn) * 256
         per = n if dev.type != "cpu" else max(1, min(n, FP8_SUB_ELEMENTS // cols))
@@ -670,6 +673,8 @@ class Mxfp4Kernel:
     def steps(self, start: int, stop: int, limit: int) -> Iterator[Step]:
         if stop <= start:
             return
+        whole_input_limit = WHOLE_INPUT_FACTOR * limit
+        limit = max(1, limit // 2)  # its int32 temporaries come to twice its output: half-size steps
         exp_out, bpe, spe = self.unit_bytes, self.out * self.groups * self.block, self.out * self.groups
         if exp_out <= limit:
             e0, e1 = start // exp_out, _ceil_div(stop, exp_out)
@@ -680,7 +685,7 @@ class Mxfp4Kernel:
                 yield Step(e * exp_out, (e + k) * exp_out, whole, ("whole", k, 0, self.groups))
             return
         per = max(1, limit // self.g_out)
-        whole_input = bpe + spe <= WHOLE_INPUT_FACTOR * limit
+        whole_input = bpe + spe <= whole_input_limit
         u, u1 = start // self.g_out, _ceil_div(stop, self.g_out)
         while u < u1:
             e, g0 = divmod(u, self.groups)
