@@ -31,7 +31,7 @@ from typing import Any, BinaryIO, cast
 from ._version import __version__
 from .errors import CancelledError, CheckpointError
 from .kernels import check_device, release_scratch, resolve_device
-from .layout import Computed, Piece, Step, VirtualTensor
+from .layout import Computed, Piece, Ranges, Step, Strided, VirtualTensor
 from .planner import Plan
 from .rules import RULES_VERSION
 from .safetensors_io import INDEX_NAME, encode_header
@@ -284,9 +284,7 @@ class _Streamer:
         if self._folder is not None:
             pos = 0
             for file, off, n in ranges:
-                fd = self._fds.get(file)
-                if fd is None:
-                    fd = self._fds[file] = self._folder.open(file, "shard")
+                fd = self._fd(file)
                 dst = mv[pos : pos + n]
                 while dst:
                     got = os.preadv(fd, [dst], off)
@@ -326,10 +324,36 @@ class _Streamer:
         """Read a step's input ranges into ``buf``, laid out by :func:`_layout`."""
         spans, _ = _layout(step.read_sizes)
         for vt, ranges, (at, _n) in zip(node.inputs, step.reads, spans, strict=True):
+            if len(ranges) > 1 and self._folder is not None and vt.is_copy and len(vt.pieces) == 1:
+                self._pread_ranges(vt.pieces[0], ranges, buf.mv[at:])  # strided: many small reads, no lookups
+                continue
             pos = at
             for a, b in ranges:
                 self.read_into(vt, a, b, buf.mv[pos : pos + b - a])
                 pos += b - a
+
+    def _fd(self, file: str) -> int:
+        fd = self._fds.get(file)
+        if fd is None:
+            assert self._folder is not None
+            fd = self._fds[file] = self._folder.open(file, "shard")
+        return fd
+
+    def _pread_ranges(self, piece: Piece, ranges: Ranges, mv: memoryview) -> None:
+        """Byte ranges of one file piece, one after another, into ``mv`` (a strided band of a matrix)."""
+        assert isinstance(piece.source, str)
+        fd, base, pos, preadv = self._fd(piece.source), piece.offset, 0, os.preadv
+        if isinstance(ranges, Strided):
+            n, at = ranges.length, base + ranges.start
+            for _ in range(ranges.count):
+                if preadv(fd, [mv[pos : pos + n]], at) != n:  # short: the careful way
+                    self._read_files([(piece.source, at, n)], mv[pos : pos + n])
+                pos, at = pos + n, at + ranges.stride
+            return
+        for a, b in ranges:
+            if preadv(fd, [mv[pos : pos + b - a]], base + a) != b - a:  # short: the careful way
+                self._read_files([(piece.source, base + a, b - a)], mv[pos : pos + b - a])
+            pos += b - a
 
     # --- computing --------------------------------------------------------------------------------------------
 
@@ -358,9 +382,17 @@ class _Streamer:
     def compute_into(self, node: Computed, start: int, stop: int, mv: memoryview) -> None:
         """Bytes ``[start, stop)`` of a computed tensor into ``mv``, step by step, synchronously."""
         pinned = self.resolved_device != "cpu"
+        spare: dict[str, _Buf] = {}  # this call's two buffers, reused from step to step
+
+        def buf(role: str, n: int) -> _Buf:
+            b = spare.get(role)
+            if b is None or b.size < n:
+                b = spare[role] = _Buf(_size_class(n), pinned)
+            return b
+
         for step in node.kernel.steps(start, stop, self.step_bytes):
-            inp = _Buf(max(_layout(step.read_sizes)[1], 1), pinned)
-            out = _Buf(max(step.hi - step.lo, 1), pinned)
+            inp = buf("in", _layout(step.read_sizes)[1])
+            out = buf("out", step.hi - step.lo)
             self._fill(node, step, inp)
             self._compute(node, step, inp, out)
             a, b = max(start, step.lo), min(stop, step.hi)

@@ -34,7 +34,9 @@ from typing import Any
 from .errors import ExpertMismatchError, ShapeError, UnsupportedError
 from .layout import (
     Piece,
+    Ranges,
     Step,
+    Strided,
     VirtualTensor,
     coalesce,
     computed_tensor,
@@ -341,17 +343,6 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
-def _merge(ranges: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], ...]:
-    """Adjacent byte ranges joined: ``_merge([(0, 4), (4, 8), (10, 12)])`` -> ``((0, 8), (10, 12))``."""
-    out: list[tuple[int, int]] = []
-    for a, b in ranges:
-        if out and out[-1][1] == a:
-            out[-1] = (out[-1][0], b)
-        elif b > a:
-            out.append((a, b))
-    return tuple(out)
-
-
 def _item(dtype: str, key: str) -> int:
     bits = DTYPE_BITS[dtype]
     if bits % 8:
@@ -443,16 +434,11 @@ class TransposeKernel:
             o, j0 = divmod(r, self.b)
             j1 = min(j0 + per, self.b, j0 + (r1 - r))
             if whole_input:
-                reads: tuple[tuple[int, int], ...] = ((o * mat, (o + 1) * mat),)
+                reads: Ranges = ((o * mat, (o + 1) * mat),)
                 arg: tuple[Any, ...] = ("rows of", j0, j1)
             else:
                 col = self.n * self.item
-                reads = _merge(
-                    [
-                        (base := o * mat + (im * self.b + j0) * col, base + (j1 - j0) * col)
-                        for im in range(self.a * self.m)
-                    ]
-                )
+                reads = Strided(o * mat + j0 * col, (j1 - j0) * col, self.b * col, self.a * self.m)
                 arg = ("band", j0, j1)
             yield Step(r * row, (r + j1 - j0) * row, (reads,), arg)
             r += j1 - j0
@@ -468,7 +454,11 @@ class TransposeKernel:
             return
         j0, j1 = step.arg[1], step.arg[2]
         if kind == "rows of":
-            src = x.view(a, m, b, n)[:, :, j0:j1].permute(2, 1, 0, 3)
+            # the band gathered first (a short contiguous run per row), then transposed from a contiguous source:
+            # two fast copies instead of one slow one that strides across the whole matrix
+            band = scratch("transpose band", a * m * (j1 - j0) * n, x.dtype, x.device).view(a, m, j1 - j0, n)
+            band.copy_(x.view(a, m, b, n)[:, :, j0:j1])
+            src = band.permute(2, 1, 0, 3)
         else:
             src = x.view(a, m, j1 - j0, n).permute(2, 1, 0, 3)
         _view(out, self.dtype).view(j1 - j0, m, a, n).copy_(src)
@@ -690,20 +680,15 @@ class Mxfp4Kernel:
         while u < u1:
             e, g0 = divmod(u, self.groups)
             g1 = min(g0 + per, self.groups, g0 + (u1 - u))
-            reads: tuple[tuple[tuple[int, int], ...], ...]
+            reads: tuple[Ranges, ...]
             if whole_input:
                 reads = (((e * bpe, (e + 1) * bpe),), ((e * spe, (e + 1) * spe),))
                 arg: tuple[Any, ...] = ("groups of", 1, g0, g1)
             else:
                 bb, gs = self.block, self.groups
                 reads = (
-                    _merge(
-                        [
-                            (e * bpe + (o * gs + g0) * bb, e * bpe + (o * gs + g1) * bb)
-                            for o in range(self.out)
-                        ]
-                    ),
-                    _merge([(e * spe + o * gs + g0, e * spe + o * gs + g1) for o in range(self.out)]),
+                    Strided(e * bpe + g0 * bb, (g1 - g0) * bb, gs * bb, self.out),
+                    Strided(e * spe + g0, g1 - g0, gs, self.out),
                 )
                 arg = ("band", 1, g0, g1)
             yield Step(u * self.g_out, (u + g1 - g0) * self.g_out, reads, arg)

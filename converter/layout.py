@@ -9,12 +9,47 @@ most outputs of a plan are pure byte copies; see :mod:`converter.kernels` for ho
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .safetensors_io import DTYPE_BITS, dtype_nbytes
+
+
+@dataclass(frozen=True)
+class Strided:
+    """``count`` byte ranges of ``length`` bytes each, ``stride`` apart, the first at ``start``: one band of a matrix
+    (a few bytes of every row), kept compact however many rows it has.
+
+    >>> list(Strided(10, 2, 8, 3))
+    [(10, 12), (18, 20), (26, 28)]
+    """
+
+    start: int
+    length: int
+    stride: int
+    count: int
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for k in range(self.count):
+            a = self.start + k * self.stride
+            yield a, a + self.length
+
+    def __len__(self) -> int:
+        return self.count
+
+
+#: the byte ranges of one input that a step reads, concatenated in order
+Ranges = tuple[tuple[int, int], ...] | Strided
+
+
+def ranges_nbytes(r: Ranges) -> int:
+    """Total bytes of some byte ranges."""
+    if isinstance(r, Strided):
+        return r.length * r.count
+    return sum(b - a for a, b in r)
 
 
 @dataclass(frozen=True)
@@ -25,13 +60,13 @@ class Step:
 
     lo: int
     hi: int
-    reads: tuple[tuple[tuple[int, int], ...], ...]
+    reads: tuple[Ranges, ...]
     arg: tuple[Any, ...] = ()
 
-    @property
+    @functools.cached_property
     def read_sizes(self) -> tuple[int, ...]:
         """Bytes of each input the step reads."""
-        return tuple(sum(b - a for a, b in r) for r in self.reads)
+        return tuple(ranges_nbytes(r) for r in self.reads)
 
 
 class Kernel(Protocol):
