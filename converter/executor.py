@@ -1,9 +1,13 @@
 """The executor: runs a :class:`~converter.planner.Plan`, streaming bytes from a Source into a Sink.
 
 Output shards are written in order, each header first (it is known from the plan), then each tensor's pieces:
-file ranges are copied with ``copy_file_range`` (no bytes through Python, no torch import), computed pieces
-(cast, transpose) are evaluated one slice at a time, on the ``device`` asked for (default: a GPU when torch sees
-one). Memory stays near one copy buffer / one expert.
+file ranges are copied with ``copy_file_range`` (no bytes through Python, no torch import). Computed pieces (cast,
+transpose, dequantize) are cut into steps of at most :data:`STEP_BYTES` and pipelined across every shard of the
+call: a reader thread reads each step's input bytes into a buffer (``preadv`` straight into it), a pool of compute
+threads (one per core, each with its share of torch's threads; one on a GPU, with pinned buffers and asynchronous
+copies) works the steps out in parallel, and the calling thread writes them in order, between the file copies. The
+buffers in flight stay within :data:`PIPELINE_BYTES`, whatever the tensor or checkpoint size, so a compute
+conversion stays under 300 MB with torch's own ~225 MB.
 Nothing is published unless every shard, the index and the copied files are complete.
 
 >>> result = execute(plan(src), src, open_sink("out/", source=src))     # doctest: +SKIP
@@ -579,10 +583,19 @@ class _ShardJob:
 
 
 def _cpu_count() -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup v2 CPU quota (a container's ``--cpus``)."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        n = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
         return max(1, os.cpu_count() or 1)
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            n = min(n, -(-int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
 
 
 @contextmanager
