@@ -9,40 +9,104 @@ most outputs of a plan are pure byte copies; see :mod:`converter.kernels` for ho
 from __future__ import annotations
 
 import bisect
+import functools
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from .safetensors_io import DTYPE_BITS, dtype_nbytes
 
-#: ``read(i, a, b)``: bytes ``[a, b)`` of input ``i`` of a computed tensor
-ReadInput = Callable[[int, int, int], bytes]
-#: ``compute(read, start, stop, device)``: bytes ``[start, stop)`` of a computed tensor, worked out on ``device``
-#: (``"cpu"``, ``"cuda"``; the executor resolves it once, see :func:`converter.kernels.resolve_device`)
-ComputeFn = Callable[[ReadInput, int, int, str], bytes]
+
+@dataclass(frozen=True)
+class Strided:
+    """``count`` byte ranges of ``length`` bytes each, ``stride`` apart, the first at ``start``: one band of a matrix
+    (a few bytes of every row), kept compact however many rows it has.
+
+    >>> list(Strided(10, 2, 8, 3))
+    [(10, 12), (18, 20), (26, 28)]
+    """
+
+    start: int
+    length: int
+    stride: int
+    count: int
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        for k in range(self.count):
+            a = self.start + k * self.stride
+            yield a, a + self.length
+
+    def __len__(self) -> int:
+        return self.count
+
+
+#: the byte ranges of one input that a step reads, concatenated in order
+Ranges = tuple[tuple[int, int], ...] | Strided
+
+
+def ranges_nbytes(r: Ranges) -> int:
+    """Total bytes of some byte ranges."""
+    if isinstance(r, Strided):
+        return r.length * r.count
+    return sum(b - a for a, b in r)
+
+
+@dataclass(frozen=True)
+class Step:
+    """One bounded step of a computed tensor's arithmetic: the kernel works out output bytes ``[lo, hi)`` from the
+    input byte ranges ``reads[i]`` of each input ``i`` (concatenated in order). ``arg`` tells the kernel which units
+    those are. Steps are what the executor pipelines: read, compute and write overlap, one step each."""
+
+    lo: int
+    hi: int
+    reads: tuple[Ranges, ...]
+    arg: tuple[Any, ...] = ()
+
+    @functools.cached_property
+    def read_sizes(self) -> tuple[int, ...]:
+        """Bytes of each input the step reads."""
+        return tuple(ranges_nbytes(r) for r in self.reads)
+
+
+class Kernel(Protocol):
+    """The arithmetic of a :class:`Computed` tensor, cut into bounded :class:`Step` s.
+
+    ``steps(start, stop, limit)`` covers output bytes ``[start, stop)`` in order, each step reading and writing
+    about ``limit`` bytes at most (more only when one unit -- a row, a block row -- is larger); ``run(step,
+    inputs, out)`` fills ``out`` (a uint8 tensor of ``hi - lo`` bytes) from ``inputs`` (uint8 tensors holding
+    each input's ``reads``), on whatever device those tensors are on. Bytes are the same on any device.
+    """
+
+    @property
+    def unit_bytes(self) -> int:
+        """Bytes of one natural unit of work (one expert, one block row...)."""
+        ...
+
+    def steps(self, start: int, stop: int, limit: int) -> Iterator[Step]: ...
+
+    def run(self, step: Step, inputs: Sequence[Any], out: Any) -> None: ...
 
 
 @dataclass(eq=False)
 class Computed:
-    """A tensor produced by arithmetic (``compute``) from input virtual tensors, evaluated in bounded slices.
-
-    ``compute(read_input, start, stop, device)`` returns bytes ``[start, stop)`` of the result, where
-    ``read_input(i, a, b)`` returns bytes ``[a, b)`` of input ``i``. Implementations work one slice along
-    dim 0 (one expert) at a time, so memory stays near one expert whatever the tensor size.
-    """
+    """A tensor produced by arithmetic (``kernel``) from input virtual tensors, evaluated in bounded steps, so
+    that memory stays near one step whatever the tensor size (see :class:`Kernel`)."""
 
     dtype: str
     shape: tuple[int, ...]
     inputs: tuple[VirtualTensor, ...]
-    compute: ComputeFn
+    kernel: Kernel
     description: dict[str, Any]
-    #: preferred read granularity (bytes) so that callers do not recompute a slice several times
-    slice_bytes: int = 0
 
     @property
     def nbytes(self) -> int:
         return dtype_nbytes(self.dtype, self.shape)
+
+    @property
+    def slice_bytes(self) -> int:
+        """Bytes of the kernel's natural unit (one expert, one block row): the granularity of its work."""
+        return self.kernel.unit_bytes
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -153,11 +217,10 @@ def computed_tensor(
     dtype: str,
     shape: tuple[int, ...],
     inputs: Sequence[VirtualTensor],
-    compute: ComputeFn,
+    kernel: Kernel,
     description: dict[str, Any],
-    slice_bytes: int = 0,
 ) -> VirtualTensor:
     """A tensor whose one piece is a :class:`Computed` node over ``inputs``."""
-    node = Computed(dtype, shape, tuple(inputs), compute, description, slice_bytes)
+    node = Computed(dtype, tuple(shape), tuple(inputs), kernel, description)
     origins = tuple(o for i in inputs for o in i.origins)
-    return VirtualTensor(dtype, shape, (Piece(node, 0, node.nbytes),), origins=origins)
+    return VirtualTensor(dtype, node.shape, (Piece(node, 0, node.nbytes),), origins=origins)
