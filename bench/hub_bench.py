@@ -2,7 +2,7 @@
 
     python bench/hub_bench.py [--layers 4] [--repeat 3]
 
-Starts the local Hub stand-in (tests/hub_standin.py) as a separate process, uploads a synthetic bf16
+Starts the local Hub stand-in (tests/support/hub_standin.py) as a separate process, uploads a synthetic bf16
 Mixtral-shaped checkpoint to it (git-LFS mode), then times, in fresh processes:
 
 * ``snapshot_download`` of the repo (the baseline: what any consumer of the checkpoint pays), and
@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from convert_bench import BUILD_SCRIPT, run  # noqa: E402
-from hub_standin import StandInProcess  # noqa: E402
+from support.hub_standin import StandInProcess  # noqa: E402
 
 from converter.demo import MixtralShape  # noqa: E402
 

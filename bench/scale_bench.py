@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from servers import Valkey, service_env, start_api, start_worker, wait_until  # noqa: E402
+from support.servers import Valkey, service_env, start_api, start_worker, wait_until  # noqa: E402
 
 from converter.demo import MixtralShape, write_mixtral_checkpoint  # noqa: E402
 

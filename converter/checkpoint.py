@@ -9,13 +9,13 @@ shard's tensors as byte ranges, from safetensors headers or ``torch.save`` zip d
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from .confine import Folder, check_name
 from .errors import CheckpointError, CheckpointIndexError
-from .pytorch_bin import is_bin_checkpoint_name, read_bin_header
+from .pytorch_bin import fd_reader, is_bin_checkpoint_name, read_bin_header
 from .safetensors_io import (
     INDEX_NAME,
     SINGLE_NAME,
@@ -93,7 +93,7 @@ def read_local_checkpoint(folder: str | os.PathLike[str] | Folder) -> Checkpoint
         fd = folder.open(name, "shard")
         try:
             size = os.fstat(fd).st_size
-            read_at = _reader(fd)
+            read_at = fd_reader(fd)
             if chosen.format == "safetensors":
                 shards[name] = read_header_at(read_at, size, file=name)
             else:
@@ -104,17 +104,3 @@ def read_local_checkpoint(folder: str | os.PathLike[str] | Folder) -> Checkpoint
     index.index_metadata = meta
     index.format = chosen.format
     return index
-
-
-def _reader(fd: int) -> Callable[[int, int], bytes]:
-    def read_at(offset: int, length: int) -> bytes:
-        parts, done = [], 0
-        while done < length:
-            b = os.pread(fd, length - done, offset + done)
-            if not b:
-                break
-            parts.append(b)
-            done += len(b)
-        return b"".join(parts)
-
-    return read_at

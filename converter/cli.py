@@ -64,7 +64,9 @@ def human_bytes(n: float) -> str:
 # --- convert / plan --------------------------------------------------------------------------------------------
 
 
-def _progress_bar(quiet: bool) -> Progress:
+def progress_bar(quiet: bool, console: Console | None = None) -> Progress:
+    """The byte progress bar of ``convert`` (and of ``submit --wait``), on stderr; off when ``quiet`` or when
+    stderr is not a terminal (CI logs get no redraws)."""
     from rich.progress import (
         BarColumn,
         DownloadColumn,
@@ -74,15 +76,15 @@ def _progress_bar(quiet: bool) -> Progress:
         TransferSpeedColumn,
     )
 
+    console = console or _err()
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
-        console=_err(),
-        disable=quiet or not _err().is_terminal,
-        transient=False,
+        console=console,
+        disable=quiet or not console.is_terminal,
     )
 
 
@@ -145,7 +147,7 @@ def cmd_convert(a: argparse.Namespace) -> int:
         else:
             _print_plan_summary(p, "dry run: nothing written")
         return 0
-    with _progress_bar(a.quiet or a.json) as bar:
+    with progress_bar(a.quiet or a.json) as bar:
         task = bar.add_task("converting", total=p.total_bytes)
 
         def on_progress(ev: Any) -> None:
@@ -363,7 +365,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     shape = MixtralShape(layers=4, experts=8, hidden=256, intermediate=512, vocab=1024)
     published = write_mixtral_checkpoint(work / "published", shape, max_shard_bytes=8_000_000)
     _out().print(f"wrote a Mixtral-shaped checkpoint (published layout) to {published}")
-    with _progress_bar(False) as bar:
+    with progress_bar(False) as bar:
         task = bar.add_task("converting", total=None)
         result = convert(
             published,

@@ -412,10 +412,8 @@ def _contiguous(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
     return True
 
 
-def local_ranges(path: str | os.PathLike[str]) -> tuple[ReadAt, int, Callable[[], None]]:
-    """``(read_at, size, close)`` for a local file."""
-    fd = os.open(path, os.O_RDONLY)
-    size = os.fstat(fd).st_size
+def fd_reader(fd: int) -> ReadAt:
+    """``read_at(offset, length)`` over an open file descriptor (``pread`` until done or end of file)."""
 
     def read_at(offset: int, length: int) -> bytes:
         parts, done = [], 0
@@ -427,7 +425,7 @@ def local_ranges(path: str | os.PathLike[str]) -> tuple[ReadAt, int, Callable[[]
             done += len(b)
         return b"".join(parts)
 
-    return read_at, size, lambda: os.close(fd)
+    return read_at
 
 
-__all__ = ["is_bin_checkpoint_name", "local_ranges", "read_bin_header"]
+__all__ = ["is_bin_checkpoint_name", "fd_reader", "read_bin_header"]

@@ -23,14 +23,8 @@ from typing import Any
 import httpx
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+
+from converter.cli import progress_bar
 
 from .exit_codes import Exit
 
@@ -315,10 +309,7 @@ def follow(api: Api, job: dict[str, Any], deadline: Deadline, *, quiet: bool = F
     job_id = job["id"]
     last_id: str | None = None
     failures = 0
-    bar = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-        TimeRemainingColumn(), console=err, disable=quiet or not err.is_terminal,
-    )  # fmt: skip
+    bar = progress_bar(quiet, err)
     with bar:
         task = bar.add_task(job["status"], total=None)
         while True:

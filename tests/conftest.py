@@ -10,7 +10,7 @@ import pytest  # noqa: E402
 @pytest.fixture
 def vts(tmp_path):
     """Write tensors to a checkpoint and return VirtualTensors over them plus a reader to evaluate pieces."""
-    from helpers import write_checkpoint
+    from support.helpers import write_checkpoint
 
     from converter.checkpoint import read_local_checkpoint
     from converter.layout import from_file

@@ -9,7 +9,7 @@ import sys
 import httpx
 import pytest
 from pydantic import ValidationError
-from servers import ROOT, Service, start_api, wait_until
+from support.servers import ROOT, Service, start_api, wait_until
 
 from converter.demo import MixtralShape, write_mixtral_checkpoint
 from jobs.settings import Settings

@@ -8,7 +8,7 @@ import struct
 
 import pytest
 import torch
-from helpers import MIXTRAL_CONFIG, mixtral_tensors, raw_safetensors, write_checkpoint
+from support.helpers import MIXTRAL_CONFIG, mixtral_tensors, raw_safetensors, write_checkpoint
 
 from converter import convert, plan
 from converter.errors import (

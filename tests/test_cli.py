@@ -6,7 +6,13 @@ import json
 import subprocess
 import sys
 
-from helpers import MIXTRAL_CONFIG, assert_same_tensors, mixtral_tensors, read_tensors, write_checkpoint
+from support.helpers import (
+    MIXTRAL_CONFIG,
+    assert_same_tensors,
+    mixtral_tensors,
+    read_tensors,
+    write_checkpoint,
+)
 
 
 def cli(*args, ok=True):

@@ -7,7 +7,13 @@ import os
 
 import pytest
 import torch
-from helpers import MIXTRAL_CONFIG, assert_same_tensors, mixtral_tensors, read_tensors, write_checkpoint
+from support.helpers import (
+    MIXTRAL_CONFIG,
+    assert_same_tensors,
+    mixtral_tensors,
+    read_tensors,
+    write_checkpoint,
+)
 
 from converter import convert, plan
 from converter.checkpoint import read_local_checkpoint

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from servers import ROOT, Service, start_api, wait_until
+from support.servers import ROOT, Service, start_api, wait_until
 
 from converter import __version__
 from converter.demo import MixtralShape, write_mixtral_checkpoint

@@ -10,8 +10,14 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import MIXTRAL_CONFIG, assert_same_tensors, mixtral_tensors, read_tensors, write_checkpoint
-from servers import Service, start_worker, wait_until
+from support.helpers import (
+    MIXTRAL_CONFIG,
+    assert_same_tensors,
+    mixtral_tensors,
+    read_tensors,
+    write_checkpoint,
+)
+from support.servers import Service, start_worker, wait_until
 
 from converter.safetensors_io import encode_header
 

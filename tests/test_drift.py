@@ -379,7 +379,7 @@ def _model(model_type: str) -> Any:
     import torch
 
     try:
-        import tiny_models as tm
+        from support import tiny_models as tm
 
         if model_type in tm.MODEL_TYPES:
             return tm.build_model(model_type)
@@ -503,7 +503,7 @@ def test_from_transformers_keeps_unexpressible_renames_one_way():
 
 
 def test_from_transformers_with_a_model_scopes_nested_rules():
-    import tiny_models as tm
+    from support import tiny_models as tm
 
     entry = from_transformers("llava", model=tm.build_model("llava"))
     scoped = {(getattr(r, "scope", ""), getattr(r, "source", "")) for r in entry.rules}

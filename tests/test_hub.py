@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-tm = pytest.importorskip("tiny_models")
+tm = pytest.importorskip("support.tiny_models")
 
-from helpers import assert_same_tensors, read_tensors  # noqa: E402
-from hubenv import isolated_hub, upload_tiny_mixtral  # noqa: E402
 from huggingface_hub import snapshot_download  # noqa: E402
+from support.helpers import assert_same_tensors, read_tensors  # noqa: E402
+from support.hubenv import isolated_hub, upload_tiny_mixtral  # noqa: E402
 
 from converter import convert, plan  # noqa: E402
 from converter.errors import (  # noqa: E402

@@ -9,12 +9,12 @@ import time
 
 import pytest
 
-pytest.importorskip("tiny_models")
+pytest.importorskip("support.tiny_models")
 
-from helpers import assert_same_tensors, read_tensors  # noqa: E402
-from hubenv import isolated_hub, upload_tiny_mixtral  # noqa: E402
 from huggingface_hub import snapshot_download  # noqa: E402
-from servers import Service, wait_until  # noqa: E402
+from support.helpers import assert_same_tensors, read_tensors  # noqa: E402
+from support.hubenv import isolated_hub, upload_tiny_mixtral  # noqa: E402
+from support.servers import Service, wait_until  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore:Use 'content=<...>' to upload raw bytes:DeprecationWarning")
 SRC = "org/tiny-mixtral"

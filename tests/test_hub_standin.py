@@ -1,4 +1,4 @@
-"""The Hub stand-in (tests/hub_standin.py) against the real, unmodified huggingface_hub client.
+"""The Hub stand-in (tests/support/hub_standin.py) against the real, unmodified huggingface_hub client.
 
 huggingface_hub reads its environment once, when it is imported (``huggingface_hub.constants``), which
 happens at collection time here. So the fixtures set the variables (for child processes) *and* patch the
@@ -20,7 +20,6 @@ import httpx
 import httpx2
 import numpy as np
 import pytest
-from hub_standin import HubStandIn, StandInProcess, git_blob_sha1, parse_range
 from huggingface_hub import (
     CommitOperationAdd,
     HfApi,
@@ -40,6 +39,7 @@ from huggingface_hub.errors import (
 from huggingface_hub.hf_api import RepoFolder
 from huggingface_hub.utils._runtime import is_xet_available
 from safetensors.numpy import save as save_safetensors
+from support.hub_standin import HubStandIn, StandInProcess, git_blob_sha1, parse_range
 
 REPO = "standin-org/tiny-model"
 # huggingface_hub 2.4's own LFS PUT passes a file object as data=..., which httpx2 deprecates

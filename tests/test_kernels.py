@@ -9,7 +9,7 @@ import sys
 
 import pytest
 import torch
-from helpers import MIXTRAL_CONFIG, evaluate, mixtral_tensors, read_tensors, write_checkpoint
+from support.helpers import MIXTRAL_CONFIG, evaluate, mixtral_tensors, read_tensors, write_checkpoint
 
 from converter import kernels
 from converter.errors import UnsupportedError

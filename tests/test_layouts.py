@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 
 torch = pytest.importorskip("torch")
-tm = pytest.importorskip("tiny_models")
+tm = pytest.importorskip("support.tiny_models")
 
-from helpers import read_tensors  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
+from support.helpers import read_tensors  # noqa: E402
 
 from converter import convert, plan  # noqa: E402
 from converter.errors import LayoutMismatchError, UnconvertedTensorError, UnknownModelTypeError  # noqa: E402

@@ -32,7 +32,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 nemo_cm = pytest.importorskip("nemo_automodel.components.checkpoint.conversion_mapping")
-tm = pytest.importorskip("tiny_models")
+tm = pytest.importorskip("support.tiny_models")
 
 from nemo_automodel.components.checkpoint import checkpointing as nemo_ckpt  # noqa: E402
 from nemo_automodel.components.checkpoint._backports.hf_storage import _get_key_renaming_mapping  # noqa: E402

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import evaluate
+from support.helpers import evaluate
 
 from converter.rules import (
     Chunk,

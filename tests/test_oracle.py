@@ -20,9 +20,9 @@ import re
 import pytest
 
 torch = pytest.importorskip("torch")
-tm = pytest.importorskip("tiny_models")  # needs transformers (a dev dependency)
+tm = pytest.importorskip("support.tiny_models")  # needs transformers (a dev dependency)
 
-from helpers import assert_same_tensors, read_tensors  # noqa: E402
+from support.helpers import assert_same_tensors, read_tensors  # noqa: E402
 
 from converter import convert, plan  # noqa: E402
 from converter.errors import UnsupportedError  # noqa: E402

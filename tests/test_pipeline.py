@@ -21,9 +21,9 @@ import threading
 import pytest
 
 torch = pytest.importorskip("torch")
-tm = pytest.importorskip("tiny_models")
+tm = pytest.importorskip("support.tiny_models")
 
-from helpers import (  # noqa: E402
+from support.helpers import (  # noqa: E402
     MIXTRAL_CONFIG,
     assert_same_tensors,
     mixtral_tensors,

@@ -19,9 +19,9 @@ import sys
 import pytest
 
 torch = pytest.importorskip("torch")
-tm = pytest.importorskip("tiny_models")
+tm = pytest.importorskip("support.tiny_models")
 
-from helpers import assert_same_tensors, read_tensors, write_checkpoint  # noqa: E402
+from support.helpers import assert_same_tensors, read_tensors, write_checkpoint  # noqa: E402
 
 from converter import convert, plan  # noqa: E402
 from converter.errors import UnsupportedError  # noqa: E402

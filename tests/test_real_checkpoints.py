@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 
 torch = pytest.importorskip("torch")
-tm = pytest.importorskip("tiny_models")
+tm = pytest.importorskip("support.tiny_models")
 
-from helpers import assert_same_tensors, read_tensors  # noqa: E402
+from support.helpers import assert_same_tensors, read_tensors  # noqa: E402
 
 from converter import convert, plan  # noqa: E402
 from converter.checkpoint import BIN_INDEX_NAME, read_local_checkpoint  # noqa: E402
@@ -251,8 +251,8 @@ def test_index_leniency_loads_as_transformers_does(mixtral, tmp_path):
 
 
 def test_hub_names_as_users_type_them(tmp_path, monkeypatch):
-    from hubenv import isolated_hub, upload_tiny_mixtral
     from huggingface_hub import constants
+    from support.hubenv import isolated_hub, upload_tiny_mixtral
 
     with isolated_hub(tmp_path) as hub:
         want, _ = upload_tiny_mixtral(hub, "org/mix")
@@ -284,8 +284,8 @@ def test_hub_names_as_users_type_them(tmp_path, monkeypatch):
 def test_bin_source_and_noop_on_the_hub(mixtral, tmp_path, monkeypatch):
     """A .bin repo is planned and streamed with range requests (no file downloaded whole); a no-op publishes the
     files to another repo, and opens nothing as a pull request on the source repo itself."""
-    from hubenv import isolated_hub
     from huggingface_hub import constants, snapshot_download
+    from support.hubenv import isolated_hub
 
     published, want = mixtral
     with isolated_hub(tmp_path) as hub:

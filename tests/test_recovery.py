@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-from servers import Service, Valkey, descendants, free_port, wait_until
+from support.servers import Service, Valkey, descendants, free_port, wait_until
 
 from converter import plan
 from converter.demo import MixtralShape, write_mixtral_checkpoint
@@ -124,7 +124,7 @@ class Served:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    from hubenv import isolated_hub, upload_tiny_mixtral
+    from support.hubenv import isolated_hub, upload_tiny_mixtral
 
     root = tmp_path_factory.mktemp("recovery")
     with isolated_hub(root) as hub:

@@ -12,8 +12,8 @@ import time
 
 import httpx
 import pytest
-from hubenv import isolated_hub, upload_tiny_mixtral
-from servers import Service, start_api, wait_until
+from support.hubenv import isolated_hub, upload_tiny_mixtral
+from support.servers import Service, start_api, wait_until
 
 from converter import plan
 from converter.demo import MixtralShape, write_mixtral_checkpoint

@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import pytest
-from servers import Valkey, service_env, start_api
+from support.servers import Valkey, service_env, start_api
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "rules-format.md"
 
@@ -517,7 +517,7 @@ class Oracle:
 @pytest.fixture(scope="module")
 def oracle(tmp_path_factory):
     """case -> :class:`Oracle`, built on first use (a fraction of a second each)."""
-    tm = pytest.importorskip("tiny_models")  # needs transformers (a dev dependency)
+    tm = pytest.importorskip("support.tiny_models")  # needs transformers (a dev dependency)
     built: dict[str, Oracle] = {}
 
     def get(case: str) -> Oracle:
@@ -534,7 +534,7 @@ def oracle(tmp_path_factory):
 
 def _oracle_cases() -> list[str]:
     try:
-        import tiny_models as tm
+        from support import tiny_models as tm
     except ImportError:
         return []
     return [*tm.MODEL_TYPES, *tm.COMPOSITES]

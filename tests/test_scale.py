@@ -9,8 +9,8 @@ from __future__ import annotations
 import time
 
 import pytest
-from helpers import assert_same_tensors, read_tensors
-from servers import Service, wait_until
+from support.helpers import assert_same_tensors, read_tensors
+from support.servers import Service, wait_until
 
 from converter import plan
 from converter.demo import MixtralShape, write_mixtral_checkpoint
@@ -30,7 +30,7 @@ def wait_job(c, job_id, timeout=120):
 
 
 def test_one_job_spreads_over_two_workers_bit_exact(cluster):
-    tm = pytest.importorskip("tiny_models")
+    tm = pytest.importorskip("support.tiny_models")
     c = cluster
     src = c.root / "tiny"
     tm.save_published(tm.build_model("qwen3_moe"), src)

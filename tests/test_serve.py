@@ -9,8 +9,8 @@ import subprocess
 import sys
 
 import httpx
-from helpers import MIXTRAL_CONFIG, mixtral_tensors, read_tensors, write_checkpoint
-from servers import alive, descendants, free_port, wait_until
+from support.helpers import MIXTRAL_CONFIG, mixtral_tensors, read_tensors, write_checkpoint
+from support.servers import alive, descendants, free_port, wait_until
 
 
 def start_serve(tmp_path, port):

@@ -12,8 +12,8 @@ import time
 
 import httpx
 import pytest
-from helpers import assert_same_tensors, read_tensors
-from servers import Service, start_api, wait_until
+from support.helpers import assert_same_tensors, read_tensors
+from support.servers import Service, start_api, wait_until
 
 from converter.demo import MixtralShape, write_mixtral_checkpoint
 
@@ -98,7 +98,7 @@ def test_job_succeeds_with_growing_progress_and_oracle_output(svc, big):
 
 
 def test_output_equals_transformers(svc):
-    tm = pytest.importorskip("tiny_models")
+    tm = pytest.importorskip("support.tiny_models")
     model = tm.build_model("qwen3_moe")
     src = svc.root / "qwen3_moe"
     tm.save_published(model, src)
@@ -109,7 +109,7 @@ def test_output_equals_transformers(svc):
 
 
 def test_failed_job_reports_the_typed_error(svc, tmp_path):
-    from helpers import MIXTRAL_CONFIG, mixtral_tensors, write_checkpoint
+    from support.helpers import MIXTRAL_CONFIG, mixtral_tensors, write_checkpoint
 
     t = mixtral_tensors()
     del t["model.layers.1.block_sparse_moe.experts.2.w1.weight"]
@@ -154,7 +154,7 @@ def test_cancel_queued_job(svc, big):
 
 
 def test_idempotent_resubmission(svc):
-    from helpers import MIXTRAL_CONFIG, mixtral_tensors, write_checkpoint
+    from support.helpers import MIXTRAL_CONFIG, mixtral_tensors, write_checkpoint
 
     src = write_checkpoint(svc.root / "idem", mixtral_tensors(), config=MIXTRAL_CONFIG)
     body = local_job(src, svc.root / "idem_out")
@@ -282,7 +282,7 @@ def test_health_ready_metrics(svc):
 )
 def test_bad_requests(svc, body, status, error):
     if not (svc.root / "idem").exists():
-        from helpers import MIXTRAL_CONFIG, mixtral_tensors, write_checkpoint
+        from support.helpers import MIXTRAL_CONFIG, mixtral_tensors, write_checkpoint
 
         write_checkpoint(svc.root / "idem", mixtral_tensors(), config=MIXTRAL_CONFIG)
     body = json.loads(json.dumps(body).replace("{root}", str(svc.root)))
@@ -331,7 +331,7 @@ def test_openapi_documents_every_route(svc):
 
 
 def test_attempts_are_capped_and_a_busy_job_is_not_run_twice(svc):
-    from helpers import MIXTRAL_CONFIG, mixtral_tensors, write_checkpoint
+    from support.helpers import MIXTRAL_CONFIG, mixtral_tensors, write_checkpoint
 
     from jobs.running import JobBusy
     from jobs.settings import Settings

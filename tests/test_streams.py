@@ -15,7 +15,7 @@ import time
 
 import httpx
 import pytest
-from servers import Service, start_api, wait_until
+from support.servers import Service, start_api, wait_until
 
 from converter.demo import MixtralShape, write_mixtral_checkpoint
 from jobs.store import events_key

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import MIXTRAL_CONFIG, mixtral_tensors, write_checkpoint
-from servers import ROOT, Service, free_port, start_api, wait_until
+from support.helpers import MIXTRAL_CONFIG, mixtral_tensors, write_checkpoint
+from support.servers import ROOT, Service, free_port, start_api, wait_until
 
 from converter.demo import MixtralShape, write_mixtral_checkpoint
 from service.exit_codes import ENVIRONMENT, EXIT_CODES, Exit, markdown_table

@@ -20,7 +20,7 @@ from jobs.secret import new_secret
 from jobs.store import JobStore
 from service.launcher import api_command, start_valkey, worker_command
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def free_port() -> int:

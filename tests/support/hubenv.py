@@ -8,9 +8,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from helpers import read_tensors
-from hub_standin import HubStandIn
 from huggingface_hub import HfApi, constants
+
+from support.helpers import read_tensors
+from support.hub_standin import HubStandIn
 
 
 @contextmanager
@@ -45,7 +46,7 @@ def isolated_hub(root: Path, upload_mode: str = "lfs") -> Iterator[HubStandIn]:
 def upload_tiny_mixtral(hub: HubStandIn, repo: str, *, token: str | None = None) -> tuple[dict, dict]:
     """A tiny random Mixtral, saved in the published layout (several shards) and uploaded to ``repo``.
     Returns (transformers' from_pretrained state dict, the published tensors)."""
-    import tiny_models as tm
+    from support import tiny_models as tm
 
     folder = hub.root / f"published-{repo.replace('/', '--')}"  # type: ignore[attr-defined]
     tm.save_published(tm.build_model("mixtral"), folder, max_shard_bytes=60_000)

@@ -14,7 +14,7 @@ Public API::
     QUANTIZED_KINDS                  "fp8_deepseek_v3", "fp8_qwen3_moe", "mxfp4_gpt_oss"
     build_quantized(kind, out_dir)   pre-quantized published checkpoint; returns the expected dequantized state dict
 
-Run ``python tests/tiny_models.py [model_type_or_kind ...]`` for the self-check: build -> save -> load must
+Run ``python tests/support/tiny_models.py [model_type_or_kind ...]`` for the self-check: build -> save -> load must
 reproduce the built model's state dict bit for bit, for both layouts (and the quantized kinds their expected
 dequantized state dict).
 """
@@ -947,7 +947,7 @@ def self_check(name: str) -> list[str]:
 
 
 def _main(argv: list[str]) -> int:
-    """``python tests/tiny_models.py [name ...]``: self-check the given (default: all) model types and kinds."""
+    """``python tests/support/tiny_models.py [name ...]``: self-check the given (default: all) model types and kinds."""
     transformers.logging.set_verbosity_error()
     names = argv or [*MODEL_TYPES, *QUANTIZED_KINDS]
     start = time.perf_counter()

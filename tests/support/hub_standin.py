@@ -21,7 +21,7 @@ On top of the protocol: a request log (paths as the server decodes them, e.g.
 ``/api/models/o/r/commit/refs/pr/1``), fault injection (HTTP status, dropped connection, delay) and
 inspection helpers, all under ``/_standin/...`` (JSON) and wrapped by :class:`StandInClient`, so a test
 drives an in-process :class:`HubStandIn` and a stand-in in another process (:class:`StandInProcess`, or
-``python tests/hub_standin.py --root DIR --port N``) the same way.
+``python tests/support/hub_standin.py --root DIR --port N``) the same way.
 
     with HubStandIn(tmp_path / "hub", upload_mode="lfs") as hub:
         api = HfApi(endpoint=hub.endpoint)
@@ -1850,7 +1850,7 @@ class HubStandIn(StandInClient):
 
 
 class StandInProcess(StandInClient):
-    """Runs ``python tests/hub_standin.py`` as a child process (what the benchmark does); same control API."""
+    """Runs ``python tests/support/hub_standin.py`` as a child process (what the benchmark does); same control API."""
 
     def __init__(
         self, root: Path, *, upload_mode: str = "lfs", port: int = 0, log: Path | None = None
