@@ -63,6 +63,20 @@ class JobResult(BaseModel):
     subtasks: list[SubtaskInfo] = Field([], description="a job of several shards: which worker wrote which")
 
 
+class WebhookDelivery(BaseModel):
+    """A completion webhook of the job (``notify`` in ``POST /convert``) and how its delivery went."""
+
+    url: str
+    state: Literal["waiting", "sending", "delivered", "failed"] = Field(
+        description="waiting for the job to end; sending (retried with backoff); delivered; failed (attempts used, "
+        "or the destination refused)"
+    )
+    attempts: int = 0
+    last_status: int | None = Field(None, description="HTTP status of the last attempt (none: no response)")
+    last_error: str | None = None
+    delivered_at: datetime | None = None
+
+
 class PhaseTiming(BaseModel):
     started: datetime
     finished: datetime | None = None
@@ -114,6 +128,9 @@ class Job(BaseModel):
     owner: str | None = Field(
         None, description="name of the API token that submitted the job (with tokens set)"
     )
+    notify: list[WebhookDelivery] = Field(
+        [], description="completion webhooks: one per notify URL of the submissions that got this job"
+    )
 
 
 def ts(v: float | None) -> datetime | None:
@@ -153,4 +170,8 @@ def job_from_record(rec: dict[str, Any]) -> Job:
         result=rec.get("result"),
         error=rec.get("error"),
         owner=rec.get("owner") or None,
+        notify=[
+            WebhookDelivery(**{**e, "delivered_at": ts(e.get("delivered_at"))})
+            for e in sorted((rec.get("notify") or {}).values(), key=lambda e: e.get("subscribed_at", 0))
+        ],
     )
