@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 # the job as the API shows it is shared with the workers (a completion webhook carries it): it lives in jobs.view
 from jobs.view import (  # noqa: F401 - re-exported: the API's models are all found here
@@ -19,9 +19,11 @@ from jobs.view import (  # noqa: F401 - re-exported: the API's models are all fo
     ShardInfo,
     Status,
     SubtaskInfo,
+    WebhookDelivery,
     job_from_record,
     ts,
 )
+from jobs.webhooks import check_secret
 
 
 class HubDestination(BaseModel):
@@ -44,6 +46,35 @@ class LocalDestination(BaseModel):
         extra="forbid", json_schema_extra={"examples": [{"local_path": "/data/out/mixtral-grouped"}]}
     )
     local_path: str = Field(description="absolute path of the output folder (must not exist or be empty)")
+
+
+class NotifyRequest(BaseModel):
+    """A webhook when the job ends: a POST to ``url`` signed as the Standard Webhooks spec says (``webhook-id``,
+    ``webhook-timestamp``, ``webhook-signature``), retried with backoff. ``url`` must resolve to public addresses
+    only (unless CKPT_CONVERT_WEBHOOK_ALLOW allows more); the secret is never stored in the clear nor shown."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "url": "https://ci.example.com/hooks/ckpt-convert",
+                    "secret": "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3",
+                }
+            ]
+        },
+    )
+    url: str = Field(max_length=2000, description="http(s) URL to POST to when the job ends")
+    secret: SecretStr = Field(
+        description="`whsec_` + base64 of 24 to 64 random bytes: the receiver verifies each delivery's signature "
+        "with it (e.g. the standardwebhooks library's `Webhook(secret).verify(body, headers)`)"
+    )
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_format(cls, v: SecretStr) -> SecretStr:
+        check_secret(v.get_secret_value())
+        return v
 
 
 class ConvertRequest(BaseModel):
@@ -83,6 +114,25 @@ class ConvertRequest(BaseModel):
         description="replace what the destination holds (a non-empty folder, a repo branch with weights); the old "
         "content is removed only after the new one is in place. Without it, nothing there is ever replaced.",
     )
+    notify: NotifyRequest | None = Field(
+        None,
+        description="a webhook when the job ends. Not part of the conversion: a submission that gets an existing "
+        "job adds its webhook to it (one per URL; a job that already finished gets none: the response is its final "
+        "record)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hide_secret(cls, data: Any) -> Any:
+        """The webhook secret as a SecretStr before anything else is validated, so that no validation error (422)
+        quotes it: it shows as ``**********``."""
+        if (
+            isinstance(data, dict)
+            and isinstance(n := data.get("notify"), dict)
+            and isinstance(n.get("secret"), str)
+        ):
+            data = {**data, "notify": {**n, "secret": SecretStr(n["secret"])}}
+        return data
 
 
 class JobList(BaseModel):
