@@ -1,7 +1,7 @@
 """The queue both sides agree on: task names, the queue, and one Celery configuration.
 
-The API sends tasks by name (:data:`TASK_CONVERT`) with a producer-only app (:func:`make_celery`); the workers
-register the tasks under those names. Reliability settings, and why:
+The API sends tasks by name (:data:`TASK_CONVERT`, :data:`TASK_NOTIFY`) with a producer-only app
+(:func:`make_celery`); the workers register the tasks under those names. Reliability settings, and why:
 
 * ``task_acks_late`` + ``task_reject_on_worker_lost``: a task is acknowledged only when it ends, so a worker
   process that dies mid-job (OOM, kill -9 of a pool child) has its task put back on the queue, not lost.
@@ -28,6 +28,8 @@ from .settings import Settings
 TASK_CONVERT = "ckpt_convert.convert"
 TASK_PART = "ckpt_convert.write_part"
 TASK_FINISH = "ckpt_convert.finish"
+#: one attempt to deliver a job's completion webhook (``jobs.webhooks``); a failed one sends the next with a countdown
+TASK_NOTIFY = "ckpt_convert.notify"
 QUEUE = "ckpt-convert"
 #: kombu's Redis keys for delivered, unacknowledged messages (its defaults, named here because the workers re-date
 #: the messages they hold in the index)

@@ -1,7 +1,8 @@
 """Secrets at rest: the per-job Hub token is sealed (Fernet: AES-128-CBC + HMAC-SHA256) with a key only the API and
 the workers hold (``CKPT_CONVERT_SECRET_KEY``), so the task message, and the broker's append-only file that keeps
-it, carry only ciphertext; a worker unseals it in memory. Secret files (the key and the embedded server's password,
-written by ``ckpt-convert serve``) are created 0600 and never rewritten."""
+it, carry only ciphertext; a worker unseals it in memory. A completion webhook's secret is sealed the same way into
+the job store (``jobs.webhooks``). Secret files (the key and the embedded server's password, written by
+``ckpt-convert serve``) are created 0600 and never rewritten."""
 
 from __future__ import annotations
 
@@ -29,20 +30,18 @@ def _fernet(secret: str) -> Fernet:
     return Fernet(base64.urlsafe_b64encode(hashlib.sha256(secret.encode()).digest()))
 
 
-def seal(token: str, secret: str | None) -> str:
+def seal(token: str, secret: str | None, what: str = "a per-job Hub token") -> str:
     if not secret:
-        raise SecretKeyError(
-            "a per-job Hub token needs CKPT_CONVERT_SECRET_KEY (shared by the API and the workers)"
-        )
+        raise SecretKeyError(f"{what} needs CKPT_CONVERT_SECRET_KEY (shared by the API and the workers)")
     return _fernet(secret).encrypt(token.encode()).decode()
 
 
-def unseal(sealed: str, secret: str | None) -> str:
+def unseal(sealed: str, secret: str | None, what: str = "the job's Hub token") -> str:
     try:
         return _fernet(secret or "").decrypt(sealed.encode()).decode()
     except InvalidToken:
         raise SecretKeyError(
-            "cannot unseal the job's Hub token: this worker's CKPT_CONVERT_SECRET_KEY differs from the API's"
+            f"cannot unseal {what}: this worker's CKPT_CONVERT_SECRET_KEY differs from the API's"
         ) from None
 
 

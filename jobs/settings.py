@@ -22,6 +22,12 @@
   API process (429 beyond) |
 | ``CKPT_CONVERT_BIND`` | the address the API is published on (docker-compose.yml); the API refuses to start on a
   non-loopback address without API tokens |
+| ``CKPT_CONVERT_WEBHOOK_ALLOW`` | networks (CIDR) and host names completion webhooks may reach although they are not
+  public addresses, comma-separated (default: none, only public addresses) |
+| ``CKPT_CONVERT_WEBHOOK_ATTEMPTS`` | attempts to deliver a completion webhook (default 6) |
+| ``CKPT_CONVERT_WEBHOOK_RETRY_DELAY`` / ``_MAX_DELAY`` | seconds before its 2nd attempt (default 20), doubling each
+  time up to the maximum (default 320): 6 attempts span about 10 minutes |
+| ``CKPT_CONVERT_WEBHOOK_TIMEOUT`` | seconds to connect, send and read the status of one attempt (default 10) |
 | ``HF_TOKEN`` / ``HF_ENDPOINT`` | the workers' Hub token and endpoint |
 """
 
@@ -83,6 +89,28 @@ def parse_api_tokens(value: str) -> list[ApiToken]:
     return out
 
 
+@lru_cache
+def parse_webhook_allow(
+    value: str,
+) -> tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...], frozenset[str]]:
+    """``CKPT_CONVERT_WEBHOOK_ALLOW`` -> (networks, host names): ``"10.1.0.0/16,hooks.internal"``. Raises
+    ``ValueError`` on an entry that is neither."""
+    nets, hosts = [], set()
+    for entry in (e.strip() for e in value.split(",")):
+        if not entry:
+            continue
+        try:
+            nets.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            name = entry.lower().rstrip(".")
+            if not name or not all(c.isalnum() or c in "-." for c in name):
+                raise ValueError(
+                    f"webhook allow entry {entry!r} is neither a network nor a host name"
+                ) from None
+            hosts.add(name)
+    return tuple(nets), frozenset(hosts)
+
+
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
     return Path(base) / "ckpt-convert"
@@ -138,11 +166,26 @@ class Settings(BaseSettings):
     idempotency_ttl: int = 24 * 3600
     #: how long a finished job's record is kept, seconds
     job_retention: int = 30 * 24 * 3600
+    #: networks (CIDR) and host names completion webhooks may reach although not public, comma-separated
+    webhook_allow: str = ""
+    #: attempts to deliver a completion webhook; the delay before the next doubles from ``webhook_retry_delay`` up to
+    #: ``webhook_retry_max_delay`` (20, 40, ... 320 s: 6 attempts span about 10 minutes)
+    webhook_attempts: int = Field(default=6, ge=1, le=100)
+    webhook_retry_delay: float = Field(default=20.0, ge=0)
+    webhook_retry_max_delay: float = Field(default=320.0, ge=0)
+    #: seconds to connect, send and read the status of one attempt
+    webhook_timeout: float = Field(default=10.0, gt=0)
 
     @field_validator("allowed_local_roots")
     @classmethod
     def _strip(cls, v: str) -> str:
         return v.strip()
+
+    @field_validator("webhook_allow")
+    @classmethod
+    def _webhook_allow(cls, v: str) -> str:
+        parse_webhook_allow(v)  # a malformed entry stops the API and the workers at start
+        return v
 
     @field_validator("api_tokens")
     @classmethod

@@ -11,6 +11,7 @@ the record. Keys (prefix ``ckc:``):
 | ``job:{id}:events`` | stream | status and progress events (SSE replays them) |
 | ``job:{id}:cancel`` | string | cancel flag, polled by the running task |
 | ``job:{id}:lock`` | string | the delivery running the job; refreshed while it runs, so it is the job's heartbeat |
+| ``job:{id}:notify`` | hash | completion webhooks' secrets, sealed, until delivered (their state: field ``notify``) |
 | ``idem:{hash}`` / ``idemkey:{key}`` | string | idempotency: the job spec's key / ``Idempotency-Key`` -> job id (TTL) |
 | ``dest:{key}`` | string | the live job writing a destination (released when it ends) |
 | ``workers`` | zset | worker hostname -> last heartbeat |
@@ -38,7 +39,7 @@ STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 EVENTS_MAXLEN = 2000
 DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
-JSON_FIELDS = ("request", "spec", "destination", "progress", "phases", "plan", "result", "error")
+JSON_FIELDS = ("request", "spec", "destination", "progress", "phases", "plan", "result", "error", "notify")
 
 # KEYS: job hash, status zset prefix. ARGV: allowed statuses (comma-separated, "*" = any non-terminal),
 # new status, id, then field/value pairs to set with the change. Returns {status before, 1 if changed else 0}.
@@ -143,6 +144,37 @@ redis.call('ZADD', KEYS[3] .. 'cancelled', score, ARGV[1])
 return 1
 """
 
+# A completion webhook for a job that has not ended (jobs.webhooks). KEYS: job hash, its webhook secrets hash. ARGV:
+# subscriber, sealed secret, its entry (JSON). Returns 1 if subscribed, 2 if that subscriber was already (its first
+# secret is kept), 0 if the job ended, -1 if there is no such job.
+_SUBSCRIBE = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return -1 end
+if st ~= 'queued' and st ~= 'running' then return 0 end
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 2 end
+local raw = redis.call('HGET', KEYS[1], 'notify')
+local subs = raw and cjson.decode(raw) or {}
+subs[ARGV[1]] = cjson.decode(ARGV[3])
+redis.call('HSET', KEYS[1], 'notify', cjson.encode(subs))
+return 1
+"""
+
+# One webhook's delivery state, changed only if it is in an expected state. KEYS: job hash, its webhook secrets hash.
+# ARGV: subscriber, expected state, 1 to count an attempt, fields to set (JSON). Returns the entry (JSON), or nil.
+# A settled delivery's secret is removed.
+_DELIVERY = """
+local raw = redis.call('HGET', KEYS[1], 'notify')
+if not raw then return false end
+local subs = cjson.decode(raw)
+local e = subs[ARGV[1]]
+if not e or e.state ~= ARGV[2] then return false end
+if ARGV[3] == '1' then e.attempts = (tonumber(e.attempts) or 0) + 1 end
+for k, v in pairs(cjson.decode(ARGV[4])) do e[k] = v end
+redis.call('HSET', KEYS[1], 'notify', cjson.encode(subs))
+if e.state == 'delivered' or e.state == 'failed' then redis.call('HDEL', KEYS[2], ARGV[1]) end
+return cjson.encode(e)
+"""
+
 # Keep a job's lock: refreshed if ours, taken again if it expired meanwhile (Redis was away). KEYS: lock.
 # ARGV: owner, ttl. Returns 1 if we hold it, 0 if another delivery does.
 _REFRESH_LOCK = """
@@ -212,6 +244,8 @@ class JobStore:
         self._part_progress = self.r.register_script(_PART_PROGRESS)
         self._cancel_abandoned = self.r.register_script(_CANCEL_ABANDONED)
         self._refresh_lock = self.r.register_script(_REFRESH_LOCK)
+        self._subscribe = self.r.register_script(_SUBSCRIBE)
+        self._delivery = self.r.register_script(_DELIVERY)
 
     def quick(self) -> JobStore:
         """The same store on a client that fails fast instead of retrying (for background writes); one per store."""
@@ -281,7 +315,7 @@ class JobStore:
                 continue
             pipe = self.r.pipeline()
             pipe.delete(*(P + f"job:{job_id}{suffix}" for suffix in ("", ":events", ":parts", ":cancel", ":lock",
-                                                                      ":headers")))  # fmt: skip
+                                                                      ":headers", ":notify")))  # fmt: skip
             pipe.zrem(P + "jobs", job_id)
             for st in STATUSES:
                 pipe.zrem(P + "jobs:status:" + st, job_id)
@@ -435,6 +469,27 @@ class JobStore:
 
     def cancel_requested(self, job_id: str) -> bool:
         return bool(self.r.exists(P + f"job:{job_id}:cancel"))
+
+    # --- completion webhooks (jobs.webhooks) ---------------------------------------------------------------------
+
+    def subscribe(self, job_id: str, hook: Any) -> bool:
+        """Add a webhook (a :class:`jobs.webhooks.Subscription`) to a job that has not ended; False if it ended, or
+        the same URL is subscribed already (its first secret is kept)."""
+        keys = [P + "job:" + job_id, P + f"job:{job_id}:notify"]
+        return int(self._subscribe(keys=keys, args=[hook.subscriber, hook.sealed, _dump(hook.entry)])) == 1
+
+    def delivery(
+        self, job_id: str, sub: str, expected: str, *, attempt: bool = False, **fields: Any
+    ) -> dict[str, Any] | None:
+        """Set ``fields`` of subscriber ``sub``'s delivery (and with ``attempt``, count one) if its state is
+        ``expected``; returns the entry, or None if it was not in that state."""
+        keys = [P + "job:" + job_id, P + f"job:{job_id}:notify"]
+        out = self._delivery(keys=keys, args=[sub, expected, "1" if attempt else "0", _dump(fields)])
+        return None if out is None else json.loads(out)
+
+    def webhook_secret(self, job_id: str, sub: str) -> str | None:
+        """The sealed secret of subscriber ``sub`` (removed once its delivery settled)."""
+        return self.r.hget(P + f"job:{job_id}:notify", sub)
 
     # --- idempotency keys --------------------------------------------------------------------------------------
 

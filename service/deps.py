@@ -10,7 +10,7 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Header, HTTPException
 
-from jobs.queue import TASK_CONVERT, make_celery
+from jobs.queue import TASK_CONVERT, TASK_NOTIFY, make_celery
 from jobs.secret import TOKEN_HEADER, seal
 from jobs.settings import Scope, Settings, get_settings, parse_api_tokens
 from jobs.store import JobStore, store_for
@@ -35,7 +35,7 @@ async def get_store() -> JobStore:
 
 
 class Queue:
-    """Sends and revokes conversion tasks (the Celery app is created on first use)."""
+    """Sends and revokes conversion tasks, sends webhook tasks (the Celery app is created on first use)."""
 
     def __init__(self) -> None:
         self._app: Any = None
@@ -54,6 +54,10 @@ class Queue:
 
     def revoke(self, job_id: str) -> None:
         self.app.control.revoke(job_id)
+
+    def notify(self, job_id: str, subscriber: str) -> None:
+        """Send a webhook's first attempt (a job the API ended; the workers send those of the jobs they end)."""
+        self.app.send_task(TASK_NOTIFY, args=[job_id, subscriber])
 
 
 _queue = Queue()

@@ -2,7 +2,8 @@
 
 ``submit`` validates and normalises the request (resolving a Hub revision to its commit sha, reading the
 source's config.json for its model_type), then either returns the existing job for the same normalised request
-or creates one and queues its task.
+or creates one and queues its task. A request's ``notify`` (a completion webhook, :mod:`jobs.webhooks`) is not part
+of the conversion: it is added to whichever job the request gets, new or existing.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from converter.spec import LOCAL, JobSpec
 from converter.storage.local import check_apart, fingerprint
 from jobs.settings import Settings
 from jobs.store import TERMINAL, JobStore, now
+from jobs.webhooks import Send, Subscription, on_end, subscription
 
 from .errors import ConflictError, InvalidRequestError, JobNotFoundError, ServiceUnavailableError
 from .models import ConvertRequest
@@ -38,22 +40,29 @@ def submit(
     hf_token: str | None = None,
     owner: str | None = None,
     own_jobs_only: bool = False,
+    notify: Send | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Build the job's spec once (source resolved, model_type checked), then return the live job of the same spec
     or create and queue one. Returns ``(job record, created)``. ``owner``: the name of the API token submitting
     (the record keeps it); ``own_jobs_only`` (a submit token): a duplicate (same spec or ``Idempotency-Key``) is
-    looked up among the owner's jobs only, so that no such token is handed a job it may not see."""
-    raw_hash = request_hash(req.model_dump())
+    looked up among the owner's jobs only, so that no such token is handed a job it may not see. The request's
+    webhook (its URL vetted before anything else) is added to the job returned unless that job already ended;
+    ``notify`` sends a webhook task (a job failed here because the queue is down)."""
+    hook = (
+        subscription(req.notify.url, req.notify.secret.get_secret_value(), settings) if req.notify else None
+    )
+    request = req.model_dump(exclude={"notify"})  # the conversion asked for: what identifies the request
+    raw_hash = request_hash(request)
     scope = owner if own_jobs_only and owner else None
     if scope and idempotency_key:
         idempotency_key = f"{scope}:{idempotency_key}"
     if idempotency_key:
         hit = store.idempotency_key(idempotency_key, raw_hash)
         if hit is not None:
-            return _same_request(store, hit, raw_hash)
+            return _same_request(store, hit, raw_hash, hook)
     spec = build_spec(req, settings, hf_token)
     fields = {
-        "request": req.model_dump(),
+        "request": request,
         "spec": spec.to_dict(),
         "source": spec.source.location,
         "source_kind": spec.source.kind,
@@ -74,13 +83,17 @@ def submit(
     if idempotency_key:
         hit = store.idempotency_key(idempotency_key, raw_hash, job_id)
         if hit is not None and hit[0] != job_id:  # a concurrent request with the same key won
-            return _same_request(store, hit, raw_hash)
+            return _same_request(store, hit, raw_hash, hook)
+    if hook is not None:  # before the task is queued: a new job cannot have ended yet
+        store.subscribe(job_id, hook)
     if created:
         try:
             enqueue(job_id, hf_token)
         except Exception as e:  # noqa: BLE001 - the broker is down: the job must not stay queued forever
             error = {"type": "ServiceUnavailableError", "message": "queue unavailable"}
             store.transition(job_id, "queued", "failed", finished_at=now(), error=error)
+            if notify is not None:
+                on_end(store, job_id, notify)
             raise ServiceUnavailableError(f"cannot queue the job: {type(e).__name__}") from None
     rec = store.get(job_id)
     assert rec is not None
@@ -130,20 +143,25 @@ def destination_view(spec: JobSpec) -> dict[str, Any]:
     return {"repo_id": d.location, "create_pr": d.create_pr, "private": d.private}
 
 
-def _same_request(store: JobStore, hit: tuple[str, str], raw_hash: str) -> tuple[dict[str, Any], bool]:
+def _same_request(
+    store: JobStore, hit: tuple[str, str], raw_hash: str, hook: Subscription | None
+) -> tuple[dict[str, Any], bool]:
     job_id, h = hit
     if h != raw_hash:
         raise InvalidRequestError("Idempotency-Key was already used with a different request")
+    if hook is not None:
+        store.subscribe(job_id, hook)
     rec = store.get(job_id)
     if rec is None:
         raise JobNotFoundError(f"job {job_id} of this Idempotency-Key no longer exists")
     return rec, False
 
 
-def cancel(store: JobStore, job_id: str, revoke: Any) -> dict[str, Any]:
+def cancel(store: JobStore, job_id: str, revoke: Any, notify: Send | None = None) -> dict[str, Any]:
     """Queued: cancelled at once (and its task revoked). Running: flagged; the task stops within seconds and
     publishes nothing. Running but its worker gone (the job's heartbeat expired): cancelled at once, since no worker
-    will see the flag (a redelivery of its task removes what the lost run wrote). Finished: 409."""
+    will see the flag (a redelivery of its task removes what the lost run wrote). Finished: 409. A job cancelled
+    here has its webhooks sent with ``notify`` (the worker sends those of a job it ends)."""
     rec = store.get(job_id)
     if rec is None:
         raise JobNotFoundError(f"no job {job_id}")
@@ -156,6 +174,8 @@ def cancel(store: JobStore, job_id: str, revoke: Any) -> dict[str, Any]:
     else:
         gone = {"type": "CancelledError", "message": "cancelled; the worker running it was gone"}
         store.cancel_abandoned(job_id, finished_at=now(), error=gone)
+    if notify is not None:
+        on_end(store, job_id, notify)
     rec = store.get(job_id)
     assert rec is not None
     return rec

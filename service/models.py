@@ -1,15 +1,29 @@
 """Request and response bodies of the API (pydantic), with the examples the OpenAPI docs show. The rules documents
-(``GET /rules``, ``GET /rules/{model_type}``, the preview) are in :mod:`service.rules_models`."""
+(``GET /rules``, ``GET /rules/{model_type}``, the preview) are in :mod:`service.rules_models`; the job
+(``GET /jobs/{id}``) in :mod:`jobs.view`."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
-Direction = Literal["forward", "reverse"]
+# the job as the API shows it is shared with the workers (a completion webhook carries it): it lives in jobs.view
+from jobs.view import (  # noqa: F401 - re-exported: the API's models are all found here
+    Direction,
+    Job,
+    JobError,
+    JobResult,
+    PhaseTiming,
+    Progress,
+    ShardInfo,
+    Status,
+    SubtaskInfo,
+    WebhookDelivery,
+    job_from_record,
+    ts,
+)
+from jobs.webhooks import check_secret
 
 
 class HubDestination(BaseModel):
@@ -32,6 +46,35 @@ class LocalDestination(BaseModel):
         extra="forbid", json_schema_extra={"examples": [{"local_path": "/data/out/mixtral-grouped"}]}
     )
     local_path: str = Field(description="absolute path of the output folder (must not exist or be empty)")
+
+
+class NotifyRequest(BaseModel):
+    """A webhook when the job ends: a POST to ``url`` signed as the Standard Webhooks spec says (``webhook-id``,
+    ``webhook-timestamp``, ``webhook-signature``), retried with backoff. ``url`` must resolve to public addresses
+    only (unless CKPT_CONVERT_WEBHOOK_ALLOW allows more); the secret is never stored in the clear nor shown."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "url": "https://ci.example.com/hooks/ckpt-convert",
+                    "secret": "whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3",
+                }
+            ]
+        },
+    )
+    url: str = Field(max_length=2000, description="http(s) URL to POST to when the job ends")
+    secret: SecretStr = Field(
+        description="`whsec_` + base64 of 24 to 64 random bytes: the receiver verifies each delivery's signature "
+        "with it (e.g. the standardwebhooks library's `Webhook(secret).verify(body, headers)`)"
+    )
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_format(cls, v: SecretStr) -> SecretStr:
+        check_secret(v.get_secret_value())
+        return v
 
 
 class ConvertRequest(BaseModel):
@@ -71,110 +114,25 @@ class ConvertRequest(BaseModel):
         description="replace what the destination holds (a non-empty folder, a repo branch with weights); the old "
         "content is removed only after the new one is in place. Without it, nothing there is ever replaced.",
     )
-
-
-class Progress(BaseModel):
-    phase: str = Field(
-        description="resolving, planning, converting, writing index, copying files, publishing, done"
+    notify: NotifyRequest | None = Field(
+        None,
+        description="a webhook when the job ends. Not part of the conversion: a submission that gets an existing "
+        "job adds its webhook to it (one per URL; a job that already finished gets none: the response is its final "
+        "record)",
     )
-    bytes_done: int = 0
-    bytes_total: int = 0
-    tensors_done: int = 0
-    tensors_total: int = 0
-    eta_seconds: float | None = None
-    bytes_per_second: float | None = None
 
-
-class JobError(BaseModel):
-    type: str = Field(description="error class, e.g. MissingExpertError, CancelledError, WorkerLostError")
-    message: str
-    key: str | None = None
-    file: str | None = None
-
-
-class ShardInfo(BaseModel):
-    file: str
-    size: int
-
-
-class SubtaskInfo(BaseModel):
-    part: int
-    worker: str = Field(description="the worker (Celery hostname) that wrote these shards")
-    shards: list[str]
-
-
-class JobResult(BaseModel):
-    output: str = Field(description="output folder, Hub repo URL or pull request URL")
-    noop: bool = Field(
-        False,
-        description="the source was already in the target layout: the destination got its files unchanged "
-        "(hard links locally; nothing at all for a pull request on the source repo itself)",
-    )
-    shards: list[ShardInfo] = []
-    copied_files: list[str] = []
-    skipped_files: list[str] = Field(
-        [],
-        description="source files not part of the output: weights in other formats or not in the checkpoint",
-    )
-    warnings: list[str] = Field(
-        [], description="what was tolerated (e.g. an index entry pointing to no tensor)"
-    )
-    bytes_written: int = 0
-    seconds: float = 0.0
-    subtasks: list[SubtaskInfo] = Field([], description="a job of several shards: which worker wrote which")
-
-
-class PhaseTiming(BaseModel):
-    started: datetime
-    finished: datetime | None = None
-    seconds: float | None = None
-
-
-class Job(BaseModel):
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "id": "3f0c2d6b9e8a4a51b1f4c0de12345678",
-                    "status": "running",
-                    "source": "/data/checkpoints/mixtral",
-                    "revision": "local",
-                    "model_type": "mixtral",
-                    "direction": "forward",
-                    "destination": {"local_path": "/data/out/mixtral-grouped"},
-                    "created_at": "2026-11-29T10:00:00Z",
-                    "progress": {"phase": "converting", "bytes_done": 1073741824, "bytes_total": 93415342080},
-                }
-            ]
-        }
-    )
-    id: str
-    status: Status
-    source: str
-    revision: str
-    source_sha: str | None = Field(
-        None, description="commit sha (Hub) or content fingerprint (local) converted"
-    )
-    model_type: str
-    direction: Direction
-    dtype: str | None = None
-    dequantize: bool = False
-    max_shard_size: str = "5GB"
-    destination: dict[str, Any]
-    created_at: datetime
-    started_at: datetime | None = None
-    finished_at: datetime | None = None
-    attempts: int = 0
-    progress: Progress | None = None
-    phases: dict[str, PhaseTiming] = {}
-    plan: dict[str, Any] | None = Field(
-        None, description="plan summary: tensors and bytes in/out, shards, counts"
-    )
-    result: JobResult | None = None
-    error: JobError | None = None
-    owner: str | None = Field(
-        None, description="name of the API token that submitted the job (with tokens set)"
-    )
+    @model_validator(mode="before")
+    @classmethod
+    def _hide_secret(cls, data: Any) -> Any:
+        """The webhook secret as a SecretStr before anything else is validated, so that no validation error (422)
+        quotes it: it shows as ``**********``."""
+        if (
+            isinstance(data, dict)
+            and isinstance(n := data.get("notify"), dict)
+            and isinstance(n.get("secret"), str)
+        ):
+            data = {**data, "notify": {**n, "secret": SecretStr(n["secret"])}}
+        return data
 
 
 class JobList(BaseModel):
@@ -223,43 +181,3 @@ class ResolveRequest(BaseModel):
     config: dict[str, Any] = Field(description="config.json as published")
     model_type: str | None = Field(None, description="override config.json's model_type")
     direction: Direction = "forward"
-
-
-def ts(v: float | None) -> datetime | None:
-    return None if v is None else datetime.fromtimestamp(v, tz=UTC)
-
-
-def job_from_record(rec: dict[str, Any]) -> Job:
-    """A store record -> the API's Job (timestamps to UTC datetimes, request fields flattened)."""
-    req = rec.get("request") or {}
-    phases = {
-        name: PhaseTiming(
-            started=ts(p["started"]),  # type: ignore[arg-type]
-            finished=ts(p.get("finished")),
-            seconds=(p["finished"] - p["started"]) if p.get("finished") else None,
-        )
-        for name, p in (rec.get("phases") or {}).items()
-    }
-    return Job(
-        id=rec["id"],
-        status=rec["status"],
-        source=rec.get("source", req.get("source", "")),
-        revision=rec.get("revision", req.get("revision", "")),
-        source_sha=rec.get("source_sha") or None,
-        model_type=rec.get("model_type", ""),
-        direction=req.get("direction", "forward"),
-        dtype=req.get("dtype"),
-        dequantize=bool(req.get("dequantize", False)),
-        max_shard_size=req.get("max_shard_size", "5GB"),
-        destination=rec.get("destination") or {},
-        created_at=ts(rec["created_at"]),  # type: ignore[arg-type]
-        started_at=ts(rec.get("started_at")),
-        finished_at=ts(rec.get("finished_at")),
-        attempts=rec.get("attempts", 0),
-        progress=rec.get("progress"),
-        phases=phases,
-        plan=rec.get("plan"),
-        result=rec.get("result"),
-        error=rec.get("error"),
-        owner=rec.get("owner") or None,
-    )

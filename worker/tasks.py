@@ -1,7 +1,8 @@
 """Celery tasks: thin and idempotent; the work is in ``converter.job`` (run through ``worker.run``).
 
 A job is one ``convert`` task; a job with several output shards hands them to ``write_part`` subtasks (a chord),
-whose callback ``finish`` writes the index and makes the one commit.
+whose callback ``finish`` writes the index and makes the one commit. A job that ends has its webhooks' first attempt
+made right there (not queued behind other jobs); a failed attempt sends a ``notify`` task for the next.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from typing import Any
 from celery import chord, signals
 from celery.exceptions import Reject
 
-from jobs.queue import TASK_CONVERT, TASK_FINISH, TASK_PART, UNACKED_INDEX, restore_interval
+from jobs.queue import TASK_CONVERT, TASK_FINISH, TASK_NOTIFY, TASK_PART, UNACKED_INDEX, restore_interval
 from jobs.running import JobBusy, Requeue, drain, drain_on_signal, start_heartbeat
 from jobs.secret import TOKEN_HEADER, SecretKeyError, unseal
 from jobs.settings import get_settings
-from jobs.store import JobStore, now, store_for
+from jobs.store import TERMINAL, JobStore, now, store_for
+from jobs.webhooks import attempt, on_end
 
 from .app import app
 from .run import finish_parts, run_job, run_part
@@ -69,7 +71,7 @@ def convert_job(self, job_id: str) -> str:  # type: ignore[no-untyped-def]
         chord(parts)(finish.s(job).set(headers=headers))
 
     try:
-        return _run(self, job_id, run_job, dispatch=dispatch)
+        return _ended(job_id, _run(self, job_id, run_job, dispatch=dispatch))
     except JobBusy:
         raise self.retry(countdown=get_settings().lock_ttl) from None
 
@@ -84,9 +86,27 @@ def write_part(self, job_id: str, part: int, indices: list[int]) -> dict:  # typ
 def finish(self, parts: list[dict], job_id: str) -> str:  # type: ignore[no-untyped-def]
     """The chord callback: index, copied files, the one commit."""
     try:
-        return _run(self, job_id, finish_parts, parts)
+        return _ended(job_id, _run(self, job_id, finish_parts, parts))
     except JobBusy:
         raise self.retry(countdown=get_settings().lock_ttl) from None
+
+
+def _ended(job_id: str, status: str) -> str:
+    """Whatever ended the job (this run, or an earlier one before its worker died), its webhooks go out once."""
+    if status in TERMINAL:
+        on_end(store(), job_id, _deliver)
+    return status
+
+
+def _deliver(job_id: str, subscriber: str) -> None:
+    if (delay := attempt(store(), job_id, subscriber, get_settings())) is not None:
+        notify.apply_async(args=[job_id, subscriber], countdown=delay)
+
+
+@app.task(name=TASK_NOTIFY)
+def notify(job_id: str, subscriber: str) -> None:
+    """One attempt to deliver a job's webhook (``jobs.webhooks.attempt``); a failure sends the next, later."""
+    _deliver(job_id, subscriber)
 
 
 # --- liveness: GET /readyz counts live workers; each worker vouches for the messages it holds (jobs.queue) --------

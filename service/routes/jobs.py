@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 
 from jobs.store import TERMINAL
+from jobs.webhooks import settled
 
 from ..deps import (
     JobIdDep,
@@ -73,6 +74,7 @@ def post_convert(
         hf_token=x_hf_token,
         owner=principal.name,
         own_jobs_only=principal.scope == "submit",
+        notify=queue.notify,
     )
     return Response(
         job_from_record(rec).model_dump_json(),
@@ -115,7 +117,7 @@ async def get_job(job_id: JobIdDep, request: Request, principal: PrincipalDep) -
     if hit is None:
         rec = await visible_job(request, job_id, principal)
         body = job_from_record(rec).model_dump_json().encode()
-        if rec["status"] in TERMINAL:
+        if settled(rec):
             cache.put(job_id, rec.get("owner"), body)
     else:
         owner, body = hit
@@ -125,8 +127,9 @@ async def get_job(job_id: JobIdDep, request: Request, principal: PrincipalDep) -
 
 
 class FinishedJobs:
-    """The JSON of finished jobs (with their owner), which never change again (the last transition records
-    everything): CI and dashboards polling a finished job cost no Redis round trip."""
+    """The JSON of finished jobs (with their owner) whose webhooks are settled: they never change again (the last
+    transition records everything, and no webhook is added to a finished job): CI and dashboards polling a finished
+    job cost no Redis round trip."""
 
     def __init__(self, size: int = 10_000) -> None:
         self.size = size
@@ -158,7 +161,7 @@ def delete_job(job_id: JobIdDep, store: StoreDep, queue: QueueDep, principal: Pr
     rec = store.get(job_id)
     if rec is None or not principal.may_see(rec):
         raise JobNotFoundError(f"no job {job_id}")
-    return job_from_record(cancel_job(store, job_id, queue.revoke))
+    return job_from_record(cancel_job(store, job_id, queue.revoke, queue.notify))
 
 
 @router.get(
