@@ -411,7 +411,8 @@ class JobStore:
         script), so duplicates are cheap."""
         self.sweep()
         job_id = uuid.uuid4().hex
-        t = now()
+        # in microseconds, as the API shows it: since=<a job's created_at> includes that job
+        t = round(now(), 6)
         record = {"id": job_id, "status": "queued", "created_at": repr(t), "attempts": "0"}
         for k, v in fields.items():
             record[k] = _dump(v) if k in JSON_FIELDS else str(v)
