@@ -56,8 +56,11 @@ class Attempt:
 
     def finish(self, status: str, **fields: Any) -> str:
         self.out.close()
+        phases = self.rep.final_phases()
         ok = until_redis_is_back(self.store.transition, self.job_id, "*", status, finished_at=now(),
-                                 phases=self.rep.final_phases(), **fields)  # fmt: skip
+                                 phases=phases, **fields)  # fmt: skip
+        if ok:  # the transition that ended the job (once): its phase timings go to the histograms
+            best_effort(self.store.record_phases, phases, status)
         return status if ok else str((self.store.get(self.job_id) or {}).get("status", "missing"))
 
     def succeed(self, result: dict[str, Any]) -> str:

@@ -28,6 +28,8 @@
 | ``CKPT_CONVERT_WEBHOOK_RETRY_DELAY`` / ``_MAX_DELAY`` | seconds before its 2nd attempt (default 20), doubling each
   time up to the maximum (default 320): 6 attempts span about 10 minutes |
 | ``CKPT_CONVERT_WEBHOOK_TIMEOUT`` | seconds to connect, send and read the status of one attempt (default 10) |
+| ``CKPT_CONVERT_CORS_ORIGINS`` | web origins (``https://dash.example.com``, comma-separated, exact) whose pages may call
+  the API from the browser; empty = none (no CORS headers at all) |
 | ``HF_TOKEN`` / ``HF_ENDPOINT`` | the workers' Hub token and endpoint |
 """
 
@@ -48,6 +50,24 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 Scope = Literal["read", "submit", "admin"]
 SCOPES: tuple[Scope, ...] = ("read", "submit", "admin")
 _TOKEN_NAME = re.compile(r"^[A-Za-z0-9_.@-]{1,64}$")
+#: a web origin as browsers send it: scheme, host, optional port; no path, no trailing slash, no wildcard
+_ORIGIN = re.compile(r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$", re.IGNORECASE)
+
+
+def parse_cors_origins(value: str) -> list[str]:
+    """``"https://dash.example.com, http://localhost:3000"`` -> the two origins. Raises ``ValueError`` for anything
+    that is not an exact origin (``*``, a path, a trailing slash): a page of any origin must never be allowed."""
+    out = []
+    for entry in (e.strip() for e in value.split(",")):
+        if not entry:
+            continue
+        if not _ORIGIN.match(entry):
+            raise ValueError(
+                f"CKPT_CONVERT_CORS_ORIGINS: {entry[:100]!r} is not an origin like https://dash.example.com "
+                "(scheme://host[:port], no path, no wildcard)"
+            )
+        out.append(entry.lower())  # browsers send scheme and host in lower case
+    return list(dict.fromkeys(out))
 
 
 @dataclass(frozen=True)
@@ -151,6 +171,8 @@ class Settings(BaseSettings):
     max_streams_per_client: int = Field(default=200, ge=1)
     #: the address the API is published on (docker-compose.yml's port binding); not loopback needs API tokens
     bind: str = "127.0.0.1"
+    #: origins of web pages that may call the API from a browser (CORS), comma-separated, exact; empty = none
+    cors_origins: str = ""
     hf_endpoint: str | None = Field(
         default=None, validation_alias=AliasChoices("HF_ENDPOINT", "CKPT_CONVERT_HF_ENDPOINT")
     )
@@ -192,6 +214,16 @@ class Settings(BaseSettings):
     def _tokens(cls, v: str) -> str:
         parse_api_tokens(v)  # a malformed entry stops the API at start, not at the first request
         return v
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins(cls, v: str) -> str:
+        parse_cors_origins(v)  # a malformed origin stops the API at start
+        return v
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return parse_cors_origins(self.cors_origins)
 
     @property
     def local_roots(self) -> list[Path]:

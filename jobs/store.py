@@ -8,6 +8,9 @@ the record. Keys (prefix ``ckc:``):
 |---|---|---|
 | ``job:{id}`` | hash | the record: status, request, spec, progress, phases, plan, result, error, timings |
 | ``jobs`` / ``jobs:status:{s}`` / ``jobs:model_type:{t}`` / ``jobs:owner:{name}`` | zset | ids by creation time |
+| ``jobs:source:{source}`` | zset | ids by creation time, per source as stored (Hub repo id or absolute path) |
+| ``jobs:status:{s}:model_type:{t}`` | zset | ids by creation time, per status and model type (metrics, filters) |
+| ``model_types`` | set | every model type that has had a job (bounded by the registry) |
 | ``job:{id}:events`` | stream | status and progress events (SSE replays them) |
 | ``job:{id}:cancel`` | string | cancel flag, polled by the running task |
 | ``job:{id}:lock`` | string | the delivery running the job; refreshed while it runs, so it is the job's heartbeat |
@@ -15,7 +18,10 @@ the record. Keys (prefix ``ckc:``):
 | ``idem:{hash}`` / ``idemkey:{key}`` | string | idempotency: the job spec's key / ``Idempotency-Key`` -> job id (TTL) |
 | ``dest:{key}`` | string | the live job writing a destination (released when it ends) |
 | ``workers`` | zset | worker hostname -> last heartbeat |
-| ``metrics:*`` | string/hash | bytes converted, job duration histogram |
+| ``metrics:*`` | string/hash | bytes converted, job duration and phase duration histograms, jobs finished by status and
+  model type, failures by error type and model type |
+| ``index_version`` | string | the version of the indexes above that every record is in (:meth:`JobStore.ensure_indexes`) |
+| ``tmp:{uuid}`` | zset | a list query's intermediate set (created and deleted within one transaction) |
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import time
 import uuid
 import zlib
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -34,16 +41,48 @@ from redis.retry import Retry
 
 from converter.errors import DestinationBusyError
 
+from .queue import QUEUE, UNACKED
+
 P = "ckc:"
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 TERMINAL = frozenset({"succeeded", "failed", "cancelled"})
 EVENTS_MAXLEN = 2000
 DURATION_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
+PHASE_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
+#: the indexes every record is in; bumped when one is added (the API adds old records to it at start)
+INDEX_VERSION = "2"
+#: kombu's priority steps on Redis: a queue is one list per step (``{queue}``, ``{queue}\x06\x163``, ...)
+_PRIORITY_STEPS = (0, 3, 6, 9)
 JSON_FIELDS = ("request", "spec", "destination", "progress", "phases", "plan", "result", "error", "notify")
 
+# A status change moves the job between the per-status indexes (and per status and model type); a terminal one gives
+# the destination back and counts the job finished (by status and model type) and, failed, by its error type. Shared
+# by the scripts that change a status. ``err``: the error type of a failure ("" otherwise).
+_REINDEX_FN = """
+local function reindex(job_key, prefix, id, cur, new, err)
+  local score = redis.call('HGET', job_key, 'created_at')
+  local mt = redis.call('HGET', job_key, 'model_type') or ''
+  redis.call('ZREM', prefix .. cur, id)
+  redis.call('ZADD', prefix .. new, score, id)
+  if mt ~= '' then
+    redis.call('ZREM', prefix .. cur .. ':model_type:' .. mt, id)
+    redis.call('ZADD', prefix .. new .. ':model_type:' .. mt, score, id)
+  end
+  if new == 'succeeded' or new == 'failed' or new == 'cancelled' then
+    local claim = redis.call('HGET', job_key, 'dest_claim')
+    if claim and redis.call('GET', claim) == id then redis.call('DEL', claim) end
+    redis.call('HINCRBY', 'ckc:metrics:finished', new .. '|' .. mt, 1)
+    if err ~= '' then redis.call('HINCRBY', 'ckc:metrics:failures', err .. '|' .. mt, 1) end
+  end
+end
+"""
+
 # KEYS: job hash, status zset prefix. ARGV: allowed statuses (comma-separated, "*" = any non-terminal),
-# new status, id, then field/value pairs to set with the change. Returns {status before, 1 if changed else 0}.
-_TRANSITION = """
+# new status, id, error type of a failure ("" = none), then field/value pairs to set with the change. Returns
+# {status before, 1 if changed else 0}.
+_TRANSITION = (
+    _REINDEX_FN
+    + """
 local cur = redis.call('HGET', KEYS[1], 'status')
 if not cur then return {false, 0} end
 local ok = false
@@ -53,24 +92,18 @@ else
   for s in string.gmatch(ARGV[1], '[^,]+') do if s == cur then ok = true end end
 end
 if not ok then return {cur, 0} end
-local score = redis.call('HGET', KEYS[1], 'created_at')
 redis.call('HSET', KEYS[1], 'status', ARGV[2])
-for i = 4, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-redis.call('ZREM', KEYS[2] .. cur, ARGV[3])
-redis.call('ZADD', KEYS[2] .. ARGV[2], score, ARGV[3])
-if ARGV[2] == 'succeeded' or ARGV[2] == 'failed' or ARGV[2] == 'cancelled' then
-  -- a finished job gives its destination back
-  local claim = redis.call('HGET', KEYS[1], 'dest_claim')
-  if claim and redis.call('GET', claim) == ARGV[3] then redis.call('DEL', claim) end
-end
+for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+reindex(KEYS[1], KEYS[2], ARGV[3], cur, ARGV[2], ARGV[4])
 return {cur, 1}
 """
+)
 
 
 # KEYS: idempotency key ("" = none), destination claim key ("" = none). ARGV: id, created_at, model_type, first
-# event, events maxlen, idempotency TTL, owner ("" = none), then the record's field/value pairs. Returns {job id, 1 if
-# created, 0 if a live job of the same request exists, 2 if a live job of another request is writing the
-# destination}.
+# event, events maxlen, idempotency TTL, owner ("" = none), source ("" = none), then the record's field/value pairs.
+# Returns {job id, 1 if created, 0 if a live job of the same request exists, 2 if a live job of another request is
+# writing the destination}.
 _CREATE = """
 local id = ARGV[1]
 local function live(job, with_succeeded)
@@ -88,13 +121,18 @@ if KEYS[2] ~= '' then
 end
 if KEYS[1] ~= '' then redis.call('SET', KEYS[1], id, 'EX', ARGV[6]) end
 local rec = {}
-for i = 8, #ARGV do rec[#rec + 1] = ARGV[i] end
+for i = 9, #ARGV do rec[#rec + 1] = ARGV[i] end
 redis.call('HSET', 'ckc:job:' .. id, unpack(rec))
 if KEYS[2] ~= '' then redis.call('HSET', 'ckc:job:' .. id, 'dest_claim', KEYS[2]) end
 redis.call('ZADD', 'ckc:jobs', ARGV[2], id)
 redis.call('ZADD', 'ckc:jobs:status:queued', ARGV[2], id)
-if ARGV[3] ~= '' then redis.call('ZADD', 'ckc:jobs:model_type:' .. ARGV[3], ARGV[2], id) end
+if ARGV[3] ~= '' then
+  redis.call('ZADD', 'ckc:jobs:model_type:' .. ARGV[3], ARGV[2], id)
+  redis.call('ZADD', 'ckc:jobs:status:queued:model_type:' .. ARGV[3], ARGV[2], id)
+  redis.call('SADD', 'ckc:model_types', ARGV[3])
+end
 if ARGV[7] ~= '' then redis.call('ZADD', 'ckc:jobs:owner:' .. ARGV[7], ARGV[2], id) end
+if ARGV[8] ~= '' then redis.call('ZADD', 'ckc:jobs:source:' .. ARGV[8], ARGV[2], id) end
 redis.call('XADD', 'ckc:job:' .. id .. ':events', 'MAXLEN', '~', ARGV[5], '*', 'type', 'status', 'data', ARGV[4])
 return {id, 1}
 """
@@ -133,15 +171,33 @@ return 1
 # A running job whose worker is gone (no lock: its heartbeat expired) is cancelled at once, since no worker will see
 # the flag; a job handed to subtasks (fanout) is left to them: their messages are delivered again.
 # KEYS: job hash, lock, status zset prefix. ARGV: id, then field/value pairs. Returns 1 if cancelled.
-_CANCEL_ABANDONED = """
+_CANCEL_ABANDONED = (
+    _REINDEX_FN
+    + """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('HGET', KEYS[1], 'fanout') then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'cancelled')
 for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-local score = redis.call('HGET', KEYS[1], 'created_at')
-redis.call('ZREM', KEYS[3] .. 'running', ARGV[1])
-redis.call('ZADD', KEYS[3] .. 'cancelled', score, ARGV[1])
+reindex(KEYS[1], KEYS[3], ARGV[1], 'running', 'cancelled', '')
 return 1
+"""
+)
+
+# Records created before an index existed are added to it (each record read and indexed in one step, so a status
+# change cannot slip between). ARGV: job ids.
+_BACKFILL = """
+for _, id in ipairs(ARGV) do
+  local f = redis.call('HMGET', 'ckc:job:' .. id, 'status', 'model_type', 'source', 'created_at')
+  local st, mt, src, score = f[1], f[2], f[3], f[4]
+  if st and score then
+    if mt and mt ~= '' then
+      redis.call('SADD', 'ckc:model_types', mt)
+      redis.call('ZADD', 'ckc:jobs:status:' .. st .. ':model_type:' .. mt, score, id)
+    end
+    if src and src ~= '' then redis.call('ZADD', 'ckc:jobs:source:' .. src, score, id) end
+  end
+end
+return #ARGV
 """
 
 # A completion webhook for a job that has not ended (jobs.webhooks). KEYS: job hash, its webhook secrets hash. ARGV:
@@ -208,16 +264,135 @@ def events_key(job_id: str) -> str:
     return P + f"job:{job_id}:events"
 
 
-def _list_keys(status: str | None, model_type: str | None, owner: str | None = None) -> list[str]:
-    """The sorted set(s) whose intersection holds the matching job ids."""
-    keys = []
-    if status:
-        keys.append(P + "jobs:status:" + status)
-    if model_type:
-        keys.append(P + "jobs:model_type:" + model_type)
-    if owner:
-        keys.append(P + "jobs:owner:" + owner)
-    return keys or [P + "jobs"]
+def queue_keys() -> list[str]:
+    """The broker's lists of task messages waiting in the queue (kombu keeps one per priority step)."""
+    return [QUEUE if not pri else f"{QUEUE}\x06\x16{pri}" for pri in _PRIORITY_STEPS]
+
+
+#: the fields of a record a job list shows (GET /jobs without ``include``): no spec, plan or phases
+SUMMARY_FIELDS = ("id", "status", "owner", "source", "revision", "source_sha", "model_type", "request",
+                  "destination", "created_at", "started_at", "finished_at", "attempts", "progress", "error",
+                  "result")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class JobQuery:
+    """Which jobs a list shows: a job matches when its status is one of ``statuses``, its model type one of
+    ``model_types``, its source is ``source`` (as stored: a Hub repo id or an absolute path), its owner each of
+    ``owners`` (a submit token's own name, and the owner asked for) and ``since <= created_at < until``; an empty
+    filter matches every job.
+
+    Answered from the sorted sets alone (unions, then an intersection, into a temporary set within one transaction,
+    then a range by score): no record is read but the page's."""
+
+    statuses: tuple[str, ...] = ()
+    model_types: tuple[str, ...] = ()
+    source: str | None = None
+    owners: tuple[str, ...] = ()
+    since: float | None = None
+    until: float | None = None
+
+    def groups(self) -> list[list[str]]:
+        """The sorted sets whose intersection holds the matching ids, each given as the keys of a union."""
+        out: list[list[str]] = []
+        if self.statuses and self.model_types:
+            out.append(
+                [P + f"jobs:status:{s}:model_type:{t}" for s in self.statuses for t in self.model_types]
+            )
+        elif self.statuses:
+            out.append([P + "jobs:status:" + s for s in self.statuses])
+        elif self.model_types:
+            out.append([P + "jobs:model_type:" + t for t in self.model_types])
+        if self.source:
+            out.append([P + "jobs:source:" + self.source])
+        out += [[P + "jobs:owner:" + o] for o in dict.fromkeys(self.owners)]
+        return out or [[P + "jobs"]]
+
+    def queue(self, pipe: Any, skip: int, limit: int) -> int:
+        """Queue the query on a transaction ``pipe``; returns where its replies start (count, then the page)."""
+        lo = "-inf" if self.since is None else repr(float(self.since))
+        hi = "+inf" if self.until is None else "(" + repr(float(self.until))
+        keys, tmp = [], []
+        for group in self.groups():
+            if len(group) == 1:
+                keys.append(group[0])
+                continue
+            tmp.append(P + "tmp:" + uuid.uuid4().hex)
+            pipe.zunionstore(tmp[-1], group, aggregate="MAX")  # every set scores a job by its created_at
+            keys.append(tmp[-1])
+        if len(keys) > 1:
+            tmp.append(P + "tmp:" + uuid.uuid4().hex)
+            pipe.zinterstore(tmp[-1], keys, aggregate="MAX")
+            keys = [tmp[-1]]
+        pipe.zcount(keys[0], lo, hi)
+        pipe.zrevrangebyscore(keys[0], hi, lo, start=skip, num=limit)
+        if tmp:
+            pipe.delete(*tmp)
+        return len(tmp)
+
+    @staticmethod
+    def page(replies: list[Any], start: int) -> tuple[list[str], int]:
+        """(ids of the page, number of matching jobs) from the transaction's replies."""
+        return list(replies[start + 1]), int(replies[start])
+
+
+def _query(query: JobQuery | None, status: str | None, model_type: str | None, owner: str | None) -> JobQuery:
+    """A query from the keyword filters of the old signature (one status, one model type, one owner)."""
+    if query is not None:
+        return query
+    return JobQuery(
+        statuses=(status,) if status else (),
+        model_types=(model_type,) if model_type else (),
+        owners=(owner,) if owner else (),
+    )
+
+
+def _hmget_pipe(pipe: Any, ids: Iterable[str], fields: tuple[str, ...] | None) -> None:
+    for i in ids:
+        if fields is None:
+            pipe.hgetall(P + "job:" + i)
+        else:
+            pipe.hmget(P + "job:" + i, list(fields))
+
+
+def _records(replies: list[Any], fields: tuple[str, ...] | None) -> list[dict[str, Any]]:
+    """Decoded records from HGETALL or HMGET replies; a record deleted meanwhile (swept) is left out."""
+    out = []
+    for raw in replies:
+        if fields is not None:
+            raw = {k: v for k, v in zip(fields, raw, strict=True) if v is not None}
+        if raw and "id" in raw:
+            out.append(JobStore._decode(raw))
+    return out
+
+
+@dataclass
+class MetricsSnapshot:
+    """What ``GET /metrics`` reports from the job store, read in two round trips."""
+
+    by_status: dict[str, int]
+    #: (status, model_type) -> jobs in the store now
+    by_status_model_type: dict[tuple[str, str], int]
+    #: (status, model_type) -> jobs that ended so, ever
+    finished: dict[tuple[str, str], int]
+    #: (error type, model_type) -> jobs that failed so, ever
+    failures: dict[tuple[str, str], int]
+    bytes_converted: int
+    #: the job duration histogram: bucket ("1", ..., "+Inf") or "sum" -> value
+    duration: dict[str, float]
+    #: (phase, status) -> bucket or "sum" -> value
+    phases: dict[tuple[str, str], dict[str, float]]
+    queue_depth: int
+    unacked: int
+    workers_alive: int
+
+
+def _pairs(h: Mapping[str, str]) -> dict[tuple[str, str], int]:
+    out: dict[tuple[str, str], int] = {}
+    for k, v in h.items():
+        a, _, b = k.partition("|")
+        out[(a, b)] = int(v)
+    return out
 
 
 class JobStore:
@@ -246,6 +421,7 @@ class JobStore:
         self._refresh_lock = self.r.register_script(_REFRESH_LOCK)
         self._subscribe = self.r.register_script(_SUBSCRIBE)
         self._delivery = self.r.register_script(_DELIVERY)
+        self._backfill = self.r.register_script(_BACKFILL)
 
     def quick(self) -> JobStore:
         """The same store on a client that fails fast instead of retrying (for background writes); one per store."""
@@ -269,14 +445,16 @@ class JobStore:
         script), so duplicates are cheap."""
         self.sweep()
         job_id = uuid.uuid4().hex
-        t = now()
+        # in microseconds, as the API shows it: since=<a job's created_at> includes that job
+        t = round(now(), 6)
         record = {"id": job_id, "status": "queued", "created_at": repr(t), "attempts": "0"}
         for k, v in fields.items():
             record[k] = _dump(v) if k in JSON_FIELDS else str(v)
         mt = str(fields.get("model_type") or "")
         owner = str(fields.get("owner") or "")
+        source = str(fields.get("source") or "")
         args: list[str] = [job_id, repr(t), mt, _dump({"status": "queued"}), str(EVENTS_MAXLEN)]
-        args += [str(self.idempotency_ttl), owner]
+        args += [str(self.idempotency_ttl), owner, source]
         for k, v in record.items():
             args += [k, v]
         keys = [
@@ -308,8 +486,8 @@ class JobStore:
         ids = self.r.zrangebyscore(P + "jobs", "-inf", cutoff, start=0, num=limit)
         gone = 0
         for job_id in ids:
-            status, mt, finished, owner = self.r.hmget(
-                P + "job:" + job_id, "status", "model_type", "finished_at", "owner"
+            status, mt, finished, owner, source = self.r.hmget(
+                P + "job:" + job_id, "status", "model_type", "finished_at", "owner", "source"
             )
             if status is not None and (status not in TERMINAL or float(finished or now()) > cutoff):
                 continue
@@ -321,8 +499,12 @@ class JobStore:
                 pipe.zrem(P + "jobs:status:" + st, job_id)
             if mt:
                 pipe.zrem(P + "jobs:model_type:" + mt, job_id)
+                for st in STATUSES:
+                    pipe.zrem(P + f"jobs:status:{st}:model_type:{mt}", job_id)
             if owner:
                 pipe.zrem(P + "jobs:owner:" + owner, job_id)
+            if source:
+                pipe.zrem(P + "jobs:source:" + source, job_id)
             pipe.execute()
             gone += 1
         return gone
@@ -331,11 +513,11 @@ class JobStore:
         raw = self.r.hgetall(P + "job:" + job_id)
         return self._decode(raw) if raw else None
 
-    def get_many(self, ids: Iterable[str]) -> list[dict[str, Any]]:
+    def get_many(self, ids: Iterable[str], fields: tuple[str, ...] | None = None) -> list[dict[str, Any]]:
+        """The records of ``ids`` that exist (only ``fields`` of each, when given), in that order."""
         pipe = self.r.pipeline(transaction=False)
-        for i in ids:
-            pipe.hgetall(P + "job:" + i)
-        return [self._decode(raw) for raw in pipe.execute() if raw]
+        _hmget_pipe(pipe, ids, fields)
+        return _records(pipe.execute(), fields)
 
     @staticmethod
     def _decode(raw: Mapping[str, str]) -> dict[str, Any]:
@@ -351,24 +533,34 @@ class JobStore:
 
     def list_jobs(
         self,
+        query: JobQuery | None = None,
         *,
         status: str | None = None,
         model_type: str | None = None,
         owner: str | None = None,
         skip: int = 0,
         limit: int = 50,
+        fields: tuple[str, ...] | None = None,
     ) -> tuple[list[dict[str, Any]], int]:
-        """Newest first, filtered (``owner``: only the jobs of that API token name); returns (page, total matching)."""
-        keys = _list_keys(status, model_type, owner)
-        if len(keys) == 1:
-            count = self.r.zcard(keys[0])
-            ids = self.r.zrevrange(keys[0], skip, skip + limit - 1)
-        else:
-            pairs = sorted(
-                self.r.zinter(keys, withscores=True, aggregate="MAX"), key=lambda p: p[1], reverse=True
-            )
-            count, ids = len(pairs), [i for i, _ in pairs[skip : skip + limit]]
-        return self.get_many(ids), count
+        """Newest first, filtered by ``query`` (or the keywords: one status, model type, owner); returns (the page's
+        records, only ``fields`` of each when given; the number of matching jobs)."""
+        q = _query(query, status, model_type, owner)
+        pipe = self.r.pipeline(transaction=True)
+        start = q.queue(pipe, skip, limit)
+        ids, count = q.page(pipe.execute(), start)
+        return self.get_many(ids, fields), count
+
+    def ensure_indexes(self, batch: int = 500) -> int:
+        """Add records created before an index existed (the per status and model type sets, the source sets) to it,
+        once per :data:`INDEX_VERSION`; the API calls it at start. Returns how many records were looked at."""
+        if self.r.get(P + "index_version") == INDEX_VERSION:
+            return 0
+        seen, start = 0, 0
+        while ids := self.r.zrange(P + "jobs", start, start + batch - 1):
+            self._backfill(keys=[], args=ids)
+            seen, start = seen + len(ids), start + batch
+        self.r.set(P + "index_version", INDEX_VERSION)
+        return seen
 
     def counts_by_status(self) -> dict[str, int]:
         pipe = self.r.pipeline()
@@ -381,7 +573,8 @@ class JobStore:
     def transition(self, job_id: str, allowed: str | Iterable[str], new: str, **fields: Any) -> bool:
         """Set ``status = new`` (and ``fields``) only if the current status is in ``allowed``; emit an event."""
         allowed_s = allowed if isinstance(allowed, str) else ",".join(allowed)
-        args: list[str] = [allowed_s, new, job_id]
+        error_type = ((fields.get("error") or {}).get("type") or "InternalError") if new == "failed" else ""
+        args: list[str] = [allowed_s, new, job_id, str(error_type)]
         for k, v in fields.items():
             args += [k, _dump(v) if k in JSON_FIELDS else str(v)]
         _, changed = self._transition(keys=[P + "job:" + job_id, P + "jobs:status:"], args=args)
@@ -548,12 +741,68 @@ class JobStore:
         pipe.hincrbyfloat(P + "metrics:duration", "sum", seconds)
         pipe.execute()
 
+    def record_phases(self, phases: Mapping[str, Mapping[str, float]], status: str) -> None:
+        """Add a finished job's phase timings (``{phase: {started, finished}}``) to the phase duration histograms of
+        its final ``status``; the closing ``done`` phase is not work and is left out."""
+        pipe = self.r.pipeline()
+        for name, p in phases.items():
+            if name == "done" or not p.get("finished") or not p.get("started"):
+                continue
+            seconds, key = max(0.0, float(p["finished"]) - float(p["started"])), f"{name}|{status}|"
+            for b in PHASE_BUCKETS:
+                if seconds <= b:
+                    pipe.hincrby(P + "metrics:phase_duration", key + str(b), 1)
+            pipe.hincrby(P + "metrics:phase_duration", key + "+Inf", 1)
+            pipe.hincrbyfloat(P + "metrics:phase_duration", key + "sum", seconds)
+        pipe.execute()
+
     def metrics(self) -> tuple[int, dict[str, float]]:
         pipe = self.r.pipeline()
         pipe.get(P + "metrics:bytes_converted")
         pipe.hgetall(P + "metrics:duration")
         b, d = pipe.execute()
         return int(b or 0), {k: float(v) for k, v in (d or {}).items()}
+
+    def metrics_snapshot(self, workers_within: float = 30.0) -> MetricsSnapshot:
+        """Everything ``GET /metrics`` reports from Redis, in two round trips (no record is read)."""
+        pipe = self.r.pipeline(transaction=False)
+        for st in STATUSES:
+            pipe.zcard(P + "jobs:status:" + st)
+        pipe.smembers(P + "model_types")
+        pipe.get(P + "metrics:bytes_converted")
+        for h in ("duration", "finished", "failures", "phase_duration"):
+            pipe.hgetall(P + "metrics:" + h)
+        queues = queue_keys()
+        for k in queues:
+            pipe.llen(k)
+        pipe.hlen(UNACKED)
+        pipe.zcount(P + "workers", now() - workers_within, "+inf")
+        r = pipe.execute()
+        n = len(STATUSES)
+        by_status = dict(zip(STATUSES, map(int, r[:n]), strict=True))
+        types, nbytes, duration, finished, failures, phase_raw = sorted(r[n]), *r[n + 1 : n + 6]
+        depth, unacked, workers = sum(r[n + 6 : n + 6 + len(queues)]), *r[n + 6 + len(queues) :]
+        pipe = self.r.pipeline(transaction=False)
+        pairs = [(st, mt) for mt in types for st in STATUSES]
+        for st, mt in pairs:
+            pipe.zcard(P + f"jobs:status:{st}:model_type:{mt}")
+        by_type = {pair: int(c) for pair, c in zip(pairs, pipe.execute() if pairs else [], strict=True) if c}
+        phases: dict[tuple[str, str], dict[str, float]] = {}
+        for k, v in phase_raw.items():
+            phase, status, le = k.split("|", 2)
+            phases.setdefault((phase, status), {})[le] = float(v)
+        return MetricsSnapshot(
+            by_status=by_status,
+            by_status_model_type=by_type,
+            finished=_pairs(finished),
+            failures=_pairs(failures),
+            bytes_converted=int(nbytes or 0),
+            duration={k: float(v) for k, v in duration.items()},
+            phases=phases,
+            queue_depth=int(depth),
+            unacked=int(unacked),
+            workers_alive=int(workers),
+        )
 
 
 class AsyncJobReader:
@@ -571,26 +820,23 @@ class AsyncJobReader:
 
     async def list_jobs(
         self,
+        query: JobQuery | None = None,
         *,
         status: str | None = None,
         model_type: str | None = None,
         owner: str | None = None,
         skip: int = 0,
         limit: int = 50,
+        fields: tuple[str, ...] | None = None,
     ) -> tuple[list[dict[str, Any]], int]:
-        keys = _list_keys(status, model_type, owner)
-        if len(keys) == 1:
-            count = await self.r.zcard(keys[0])
-            ids = await self.r.zrevrange(keys[0], skip, skip + limit - 1)
-        else:
-            pairs = sorted(
-                await self.r.zinter(keys, withscores=True, aggregate="MAX"), key=lambda p: p[1], reverse=True
-            )
-            count, ids = len(pairs), [i for i, _ in pairs[skip : skip + limit]]
+        """:meth:`JobStore.list_jobs`, on the asyncio client."""
+        q = _query(query, status, model_type, owner)
+        pipe = self.r.pipeline(transaction=True)
+        start = q.queue(pipe, skip, limit)
+        ids, count = q.page(await pipe.execute(), start)
         pipe = self.r.pipeline(transaction=False)
-        for i in ids:
-            pipe.hgetall(P + "job:" + i)
-        return [JobStore._decode(raw) for raw in await pipe.execute() if raw], count
+        _hmget_pipe(pipe, ids, fields)
+        return _records(await pipe.execute(), fields), count
 
 
 def store_for(settings: Any) -> JobStore:

@@ -137,10 +137,9 @@ def ts(v: float | None) -> datetime | None:
     return None if v is None else datetime.fromtimestamp(v, tz=UTC)
 
 
-def job_from_record(rec: dict[str, Any]) -> Job:
-    """A store record -> the API's Job (timestamps to UTC datetimes, request fields flattened)."""
-    req = rec.get("request") or {}
-    phases = {
+def phases_of(rec: dict[str, Any]) -> dict[str, PhaseTiming]:
+    """A store record's phase timings (epoch seconds) as the API shows them."""
+    return {
         name: PhaseTiming(
             started=ts(p["started"]),  # type: ignore[arg-type]
             finished=ts(p.get("finished")),
@@ -148,6 +147,12 @@ def job_from_record(rec: dict[str, Any]) -> Job:
         )
         for name, p in (rec.get("phases") or {}).items()
     }
+
+
+def job_from_record(rec: dict[str, Any]) -> Job:
+    """A store record -> the API's Job (timestamps to UTC datetimes, request fields flattened)."""
+    req = rec.get("request") or {}
+    phases = phases_of(rec)
     return Job(
         id=rec["id"],
         status=rec["status"],

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis
 import redis.asyncio as aredis
 from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialBackoff
@@ -16,13 +19,15 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from converter import __version__
 from converter.errors import ConversionError
-from jobs.settings import get_settings
-from jobs.store import AsyncJobReader
+from jobs.settings import Settings, get_settings
+from jobs.store import AsyncJobReader, store_for
 
 from .errors import ApiError, error_body
 from .routes import health, jobs, pages, rules
 from .routes.jobs import FinishedJobs
 from .streams import EventHub, end_streams_on_signals
+
+log = logging.getLogger(__name__)
 
 DESCRIPTION = """
 Converts model checkpoints between the layout they are published in on the Hugging Face Hub and the layout
@@ -34,6 +39,11 @@ transformers v5 / NeMo AutoModel load (experts stacked, gate and up fused), bit 
 
 Errors are typed: the body is `{"detail": {"type", "message", ...}}` and each type has one status.
 """
+
+#: what a page on an allowed origin (CKPT_CONVERT_CORS_ORIGINS) may send and read: the dashboard's and CI's calls
+CORS_METHODS = ["GET", "POST", "DELETE", "OPTIONS"]
+CORS_HEADERS = ["Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID", "X-HF-Token"]
+CORS_EXPOSE = ["Location", "Retry-After"]
 
 
 class BodySizeLimit:
@@ -80,9 +90,25 @@ class _TooLarge(Exception):
     pass
 
 
+async def _ensure_indexes(settings: Settings) -> None:
+    """Records created before an index existed join it (once per index version; a no-op after that), retried while
+    Redis is away: the API starts without waiting for it."""
+    while True:
+        store = store_for(settings)
+        try:
+            await asyncio.to_thread(store.ensure_indexes)
+            return
+        except redis.RedisError:
+            log.warning("job store unavailable: indexing older jobs again in 5 s")
+        finally:
+            store.r.close()
+        await asyncio.sleep(5)
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = get_settings()
+    backfill = asyncio.create_task(_ensure_indexes(settings))
     # no request holds a connection for long (event streams share one reader), but a burst of them may need
     # more than redis-py's default 100 at once (a BlockingConnectionPool would queue them instead: measured, it
     # costs GET /jobs a third of its throughput)
@@ -113,6 +139,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     try:
         yield
     finally:
+        backfill.cancel()
         restore_signals()
         await app.state.hub.stop()
         await app.state.aredis.aclose()
@@ -154,6 +181,18 @@ def create_app() -> FastAPI:
     app.include_router(rules.router)
     app.include_router(health.router)
     app.add_middleware(BodySizeLimit, limit=settings.max_body_bytes)
+    if origins := settings.cors_origin_list:
+        # outermost, so that every answer (a 413 too) carries the headers. Bearer tokens are headers, not
+        # credentials in the CORS sense (cookies): allow_credentials stays off, and origins are exact (never "*")
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=CORS_METHODS,
+            allow_headers=CORS_HEADERS,
+            expose_headers=CORS_EXPOSE,
+            allow_credentials=False,
+            max_age=600,
+        )
     return app
 
 

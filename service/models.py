@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -21,6 +22,7 @@ from jobs.view import (  # noqa: F401 - re-exported: the API's models are all fo
     SubtaskInfo,
     WebhookDelivery,
     job_from_record,
+    phases_of,
     ts,
 )
 from jobs.webhooks import check_secret
@@ -135,8 +137,42 @@ class ConvertRequest(BaseModel):
         return data
 
 
+class ResultSummary(BaseModel):
+    """A succeeded job's result in a list (``GET /jobs?include=result`` gives the whole :class:`JobResult`)."""
+
+    output: str = Field(description="output folder, Hub repo URL or pull request URL")
+    noop: bool = False
+    bytes_written: int = 0
+
+
+class JobSummary(BaseModel):
+    """A job as ``GET /jobs`` lists it: what a table of jobs shows. ``plan`` and ``phases`` are there only when
+    asked for (``include=plan``, ``include=phases``), ``result`` is whole with ``include=result``; ``GET /jobs/{id}``
+    has everything."""
+
+    id: str
+    status: Status
+    owner: str | None = None
+    source: str
+    revision: str
+    source_sha: str | None = None
+    model_type: str
+    direction: Direction
+    dtype: str | None = None
+    destination: dict[str, Any]
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    attempts: int = 0
+    progress: Progress | None = None
+    error: JobError | None = None
+    result: ResultSummary | JobResult | None = None
+    plan: dict[str, Any] | None = Field(None, description="with include=plan: the plan summary")
+    phases: dict[str, PhaseTiming] | None = Field(None, description="with include=phases: the phase timings")
+
+
 class JobList(BaseModel):
-    data: list[Job]
+    data: list[JobSummary]
     count: int = Field(description="jobs matching the filters (all pages)")
 
 
@@ -181,3 +217,45 @@ class ResolveRequest(BaseModel):
     config: dict[str, Any] = Field(description="config.json as published")
     model_type: str | None = Field(None, description="override config.json's model_type")
     direction: Direction = "forward"
+
+
+#: what ``include=`` may add to the items of ``GET /jobs``
+INCLUDES = ("plan", "phases", "result")
+
+
+def summary_from_record(rec: dict[str, Any], include: frozenset[str] = frozenset()) -> JobSummary:
+    """A store record (at least :data:`jobs.store.SUMMARY_FIELDS`, plus the fields of ``include``) -> a list item
+    (``GET /jobs`` leaves ``plan`` and ``phases`` out of its JSON unless they are included)."""
+    req = rec.get("request") or {}
+    res = rec.get("result")
+    extra: dict[str, Any] = {}
+    if "plan" in include:
+        extra["plan"] = rec.get("plan")
+    if "phases" in include:
+        extra["phases"] = phases_of(rec)
+    return JobSummary(
+        id=rec["id"],
+        status=rec["status"],
+        owner=rec.get("owner") or None,
+        source=rec.get("source", req.get("source", "")),
+        revision=rec.get("revision", req.get("revision", "")),
+        source_sha=rec.get("source_sha") or None,
+        model_type=rec.get("model_type", ""),
+        direction=req.get("direction", "forward"),
+        dtype=req.get("dtype"),
+        destination=rec.get("destination") or {},
+        created_at=ts(rec["created_at"]),  # type: ignore[arg-type]
+        started_at=ts(rec.get("started_at")),
+        finished_at=ts(rec.get("finished_at")),
+        attempts=rec.get("attempts", 0),
+        progress=rec.get("progress"),
+        error=rec.get("error"),
+        result=None
+        if res is None
+        else JobResult.model_validate(res)
+        if "result" in include
+        else ResultSummary.model_validate(
+            {k: res[k] for k in ("output", "noop", "bytes_written") if k in res}
+        ),
+        **extra,
+    )

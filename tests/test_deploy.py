@@ -43,7 +43,9 @@ def test_compose_runs_the_tested_commands():
 def test_compose_structure():
     doc = compose()
     s = doc["services"]
-    assert set(s) == {"redis", "api", "worker"}
+    # what `docker compose up` starts; Prometheus and Grafana only with --profile monitoring (tests/test_monitoring.py)
+    assert {n for n, svc in s.items() if not svc.get("profiles")} == {"redis", "api", "worker"}
+    assert {n for n, svc in s.items() if svc.get("profiles")} == {"prometheus", "grafana"}
     # Redis with AOF persistence on a named volume
     cmd = s["redis"]["command"]
     assert cmd[cmd.index("--appendonly") + 1] == "yes"
@@ -126,8 +128,10 @@ def test_the_api_is_published_on_loopback_unless_tokens_and_an_address_are_given
     assert refused.returncode != 0 and "CKPT_CONVERT_API_TOKENS" in refused.stderr
     assert run(CKPT_CONVERT_BIND="0.0.0.0", CKPT_CONVERT_API_TOKENS="ops:admin:x").returncode == 0
     assert run(CKPT_CONVERT_BIND=interpolate(env["CKPT_CONVERT_BIND"], {})).returncode == 0
-    # no other service publishes a port
-    assert [n for n, svc in compose()["services"].items() if "ports" in svc] == ["api"]
+    # no other service publishes a port, but the monitoring profile's, on loopback only
+    ports = {n: svc["ports"] for n, svc in compose()["services"].items() if "ports" in svc}
+    assert set(ports) == {"api", "prometheus", "grafana"}
+    assert all(p.startswith("127.0.0.1:") for n in ("prometheus", "grafana") for p in ports[n])
 
 
 def test_cpu_override_drops_the_gpu_reservation():

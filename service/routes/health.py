@@ -11,7 +11,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from jobs.store import DURATION_BUCKETS, JobStore
+from jobs.store import DURATION_BUCKETS, PHASE_BUCKETS, JobStore
 
 from ..deps import StoreDep, require_scope, require_token
 from ..streams import EventHub
@@ -65,34 +65,78 @@ async def status(request: Request) -> dict[str, Any]:
     return await readiness(request)
 
 
+def _buckets(values: dict[str, float], bounds: tuple[float, ...]) -> list[tuple[str, float]]:
+    """Cumulative bucket counts as stored (``"5"`` -> jobs that took at most 5 s) -> prometheus_client's buckets."""
+    return [(str(float(b)), values.get(str(b), 0.0)) for b in bounds] + [("+Inf", values.get("+Inf", 0.0))]
+
+
 class _JobsCollector:
-    """Reads the job store at scrape time, so every API process reports the same numbers."""
+    """Reads the job store at scrape time (two Redis round trips, no job record), so every API process reports the
+    same numbers. Labels are bounded: statuses, model types (the registry's), error types (the library's error
+    classes) and phases; never a job id or a path."""
 
     def __init__(self, store: JobStore) -> None:
         self.store = store
 
     def collect(self) -> Iterator[Metric]:
-        g = GaugeMetricFamily("ckpt_convert_jobs", "Jobs by status", labels=["status"])
-        for status, n in self.store.counts_by_status().items():
+        m = self.store.metrics_snapshot()
+        g = GaugeMetricFamily("ckpt_convert_jobs", "Jobs in the store by status", labels=["status"])
+        for status, n in m.by_status.items():
             g.add_metric([status], n)
         yield g
-        nbytes, d = self.store.metrics()
-        yield CounterMetricFamily(
-            "ckpt_convert_bytes_converted", "Bytes written by succeeded jobs", value=nbytes
+        g = GaugeMetricFamily(
+            "ckpt_convert_jobs_by_model_type",
+            "Jobs in the store by status and model type (pairs with no job are left out)",
+            labels=["status", "model_type"],
         )
-        buckets = [(str(float(b)), d.get(str(b), 0.0)) for b in DURATION_BUCKETS] + [
-            ("+Inf", d.get("+Inf", 0.0))
-        ]
+        for (status, model_type), n in sorted(m.by_status_model_type.items()):
+            g.add_metric([status, model_type], n)
+        yield g
+        c = CounterMetricFamily(
+            "ckpt_convert_jobs_finished",
+            "Jobs that ended, by final status and model type",
+            labels=["status", "model_type"],
+        )
+        for (status, model_type), n in sorted(m.finished.items()):
+            c.add_metric([status, model_type], n)
+        yield c
+        c = CounterMetricFamily(
+            "ckpt_convert_job_failures",
+            "Jobs that failed, by error type (the job's error.type) and model type",
+            labels=["error_type", "model_type"],
+        )
+        for (error_type, model_type), n in sorted(m.failures.items()):
+            c.add_metric([error_type, model_type], n)
+        yield c
+        yield CounterMetricFamily(
+            "ckpt_convert_bytes_converted", "Bytes written by succeeded jobs", value=m.bytes_converted
+        )
         yield HistogramMetricFamily(
             "ckpt_convert_job_duration_seconds",
             "Duration of succeeded jobs",
-            buckets=buckets,
-            sum_value=d.get("sum", 0.0),
+            buckets=_buckets(m.duration, DURATION_BUCKETS),
+            sum_value=m.duration.get("sum", 0.0),
+        )
+        h = HistogramMetricFamily(
+            "ckpt_convert_phase_duration_seconds",
+            "Duration of each phase of finished jobs (resolving, planning, converting, ...), by the job's final status",
+            labels=["phase", "status"],
+        )
+        for (phase, status), values in sorted(m.phases.items()):
+            h.add_metric([phase, status], _buckets(values, PHASE_BUCKETS), sum_value=values.get("sum", 0.0))
+        yield h
+        yield GaugeMetricFamily(
+            "ckpt_convert_queue_depth",
+            "Task messages waiting in the queue (a job's first task; a sharded job adds one per part and a final one)",
+            value=m.queue_depth,
         )
         yield GaugeMetricFamily(
-            "ckpt_convert_workers_alive",
-            "Workers with a heartbeat in the last 30 s",
-            value=len(self.store.workers_alive()),
+            "ckpt_convert_queue_unacked",
+            "Task messages delivered to a worker and not yet acknowledged (running, or waiting for a retry)",
+            value=m.unacked,
+        )
+        yield GaugeMetricFamily(
+            "ckpt_convert_workers_alive", "Workers with a heartbeat in the last 30 s", value=m.workers_alive
         )
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
+import re
 from collections import OrderedDict
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from pydantic import StringConstraints
 
-from jobs.store import TERMINAL
+from jobs.store import SUMMARY_FIELDS, TERMINAL, JobQuery
 from jobs.webhooks import settled
 
 from ..deps import (
@@ -24,7 +28,7 @@ from ..deps import (
 from ..errors import InvalidRequestError, JobNotFoundError
 from ..jobs import cancel as cancel_job
 from ..jobs import submit
-from ..models import ConvertRequest, Job, JobList, Status, job_from_record
+from ..models import INCLUDES, ConvertRequest, Job, JobList, Status, job_from_record, summary_from_record
 from ..streams import EVENT_ID, EventHub, EventStreamResponse
 from .errors import ERRORS
 
@@ -84,21 +88,117 @@ def post_convert(
     )
 
 
-@router.get("/jobs", response_model=JobList, summary="List jobs, newest first")
+#: the query parameters of GET /jobs; any other is refused (422), and only status, model_type and include repeat
+LIST_PARAMS = ("status", "model_type", "source", "owner", "since", "until", "include", "skip", "limit")
+_REPEATABLE = frozenset({"status", "model_type", "include"})
+_OFFSET = re.compile(r" (\d\d(:?\d\d)?)$")  # "+01:00" sent without URL-encoding arrives as " 01:00"
+
+
+def parse_time(name: str, value: str) -> float:
+    """``since``/``until``: ISO 8601 (``2026-03-01``, ``2026-03-01T12:00:00Z``, with an offset; UTC when it has
+    none) or seconds since the epoch -> epoch seconds."""
+    try:
+        t = float(value)
+    except ValueError:
+        try:
+            dt = datetime.fromisoformat(_OFFSET.sub(r"+\1", value.strip()))
+        except ValueError:
+            raise InvalidRequestError(
+                f"{name} must be an ISO 8601 time (2026-03-01T12:00:00Z) or seconds since the epoch",
+                parameter=name,
+            ) from None
+        t = (dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp()
+    if not math.isfinite(t):
+        raise InvalidRequestError(f"{name} must be a finite time", parameter=name)
+    return t
+
+
+def check_list_params(request: Request) -> None:
+    """Unknown query parameters (a typo, a filter this API does not have) are refused rather than ignored, and so is
+    a repeated parameter that takes one value: a dashboard must not show all jobs as if they matched."""
+    names = [k for k, _ in request.query_params.multi_items()]
+    unknown = sorted({k for k in names if k not in LIST_PARAMS})
+    if unknown:
+        raise InvalidRequestError(
+            f"unknown query parameter{'s' if len(unknown) > 1 else ''}: {', '.join(unknown)[:500]}; GET /jobs takes "
+            + ", ".join(LIST_PARAMS),
+            unknown=unknown[:20],
+            allowed=list(LIST_PARAMS),
+        )
+    repeated = sorted({k for k in names if names.count(k) > 1 and k not in _REPEATABLE})
+    if repeated:
+        raise InvalidRequestError(
+            f"{', '.join(repeated)} may be given once (status, model_type and include repeat)",
+            repeated=repeated,
+        )
+
+
+@router.get(
+    "/jobs",
+    response_model=JobList,
+    responses={422: {"description": "an unknown or repeated query parameter, a bad value"}},
+    summary="List jobs, newest first",
+)
 async def list_jobs(
     request: Request,
     principal: PrincipalDep,
-    status: Status | None = None,
-    model_type: str | None = Query(None, max_length=100),
+    status: Annotated[
+        list[Status], Query(description="repeatable: jobs in any of these statuses", max_length=5)
+    ] = [],  # noqa: B006 - FastAPI copies defaults
+    model_type: Annotated[
+        list[Annotated[str, StringConstraints(max_length=100)]],
+        Query(description="repeatable: jobs of any of these model types", max_length=50),
+    ] = [],  # noqa: B006
+    source: Annotated[
+        str | None,
+        Query(max_length=4096, description="the source as jobs show it: a Hub repo id or a local path"),
+    ] = None,
+    owner: Annotated[
+        str | None, Query(max_length=64, description="jobs submitted by this API token name")
+    ] = None,
+    since: Annotated[
+        str | None, Query(max_length=64, description="created at or after: ISO 8601 or epoch seconds")
+    ] = None,
+    until: Annotated[
+        str | None, Query(max_length=64, description="created before: ISO 8601 or epoch seconds")
+    ] = None,
+    include: Annotated[
+        list[str],
+        Query(
+            description="repeatable or comma-separated: plan, phases, result (whole) in each item",
+            max_length=3,
+        ),
+    ] = [],  # noqa: B006
     skip: int = Query(0, ge=0, le=1_000_000_000),
     limit: int = Query(50, ge=1, le=500),
 ) -> Response:
-    """All jobs; for a ``submit`` token, only the jobs it submitted."""
-    recs, count = await request.app.state.reader.list_jobs(
-        status=status, model_type=model_type, owner=principal.owner_filter, skip=skip, limit=limit
+    """Jobs newest first, as ``{data, count}``; every filter is optional and they combine (AND); a repeated
+    ``status`` or ``model_type`` matches any of its values. ``since <= created_at < until``. Items are summaries
+    (no plan, no phase timings, the result's output, noop and bytes_written only): ``include=plan``,
+    ``include=phases``, ``include=result`` add them. For a ``submit`` token, only the jobs it submitted. Unknown
+    parameters are 422."""
+    check_list_params(request)
+    wanted = frozenset(x.strip() for v in include for x in v.split(",") if x.strip())
+    if bad := sorted(wanted - set(INCLUDES)):
+        raise InvalidRequestError(
+            f"include takes {', '.join(INCLUDES)}; not {', '.join(bad)[:200]}", unknown=bad[:10]
+        )
+    query = JobQuery(
+        statuses=tuple(dict.fromkeys(status)),
+        model_types=tuple(dict.fromkeys(model_type)),
+        source=source or None,
+        owners=tuple(o for o in (principal.owner_filter, owner) if o),
+        since=None if since is None else parse_time("since", since),
+        until=None if until is None else parse_time("until", until),
     )
-    body = JobList(data=[job_from_record(r) for r in recs], count=count)
-    return Response(body.model_dump_json(), media_type="application/json")
+    fields = SUMMARY_FIELDS + tuple(f for f in ("plan", "phases") if f in wanted)
+    recs, count = await request.app.state.reader.list_jobs(query, skip=skip, limit=limit, fields=fields)
+    body = JobList(data=[summary_from_record(r, wanted) for r in recs], count=count)
+    left_out = {f for f in ("plan", "phases") if f not in wanted}  # absent, rather than null: not asked for
+    return Response(
+        body.model_dump_json(exclude={"data": {"__all__": left_out}} if left_out else None),
+        media_type="application/json",
+    )
 
 
 async def visible_job(request: Request, job_id: str, principal: Principal) -> dict:
