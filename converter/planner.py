@@ -565,12 +565,30 @@ def check_model_layout(
     )
 
 
+#: a tensor of one expert: ``...experts.5.w1.weight`` (not ``shared_experts.0``)
+PER_EXPERT = re.compile(r"(?:^|\.)experts\.\d+\.")
+
+
 def check_nothing_left(tensors: Iterable[PlannedTensor], rules: RuleSet) -> None:
     """Refuse a forward plan that leaves tensors a converter of these rules takes (outside the scope its rules
     reach): e.g. per-expert weights of a text model nested under a path no rule covers."""
+    tensors = list(tensors)
     left = [
         t.name for t in tensors if t.rule is None and any(c.match_anywhere(t.name) for c in rules.converters)
     ]
+    if not left and any("*" in s for c in rules.converters for s in c.sources):
+        # The type stacks its experts, so its model layout has no per-expert tensor: one left as it came means the
+        # checkpoint is another type's (Mixtral's ``block_sparse_moe.experts.0.w1`` given as qwen3_moe).
+        left = [t.name for t in tensors if t.rule is None and PER_EXPERT.search(t.name)]
+        if left:
+            shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
+            raise UnconvertedTensorError(
+                f"{len(left)} per-expert tensor(s) would be left as they are although {rules.model_type} stacks its "
+                f"experts (its model layout has no per-expert tensor): {shown}. The checkpoint is probably not a "
+                f"{rules.model_type} checkpoint (check --model-type and config.json); refusing rather than "
+                "publishing a checkpoint transformers would load with these weights missing",
+                key=left[0],
+            )
     if left:
         shown = ", ".join(left[:5]) + (f" and {len(left) - 5} more" if len(left) > 5 else "")
         raise UnconvertedTensorError(

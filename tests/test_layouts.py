@@ -208,3 +208,23 @@ def test_get_model_conversion_mapping_composes_nested_rules():
         "language_model.model.layers.1.block_sparse_moe.experts.3.w1.weight", renamings, converters
     )
     assert name == "model.language_model.layers.1.mlp.experts.gate_up_proj"
+
+
+def test_another_moe_types_experts_are_refused(published, tmp_path):
+    """Mixtral's tensors under a config that says qwen3_moe: both keep their blocks under ``model.layers``, but
+    qwen3_moe's rules do not reach Mixtral's ``block_sparse_moe.experts.N.w1``; publishing them unconverted would
+    be a checkpoint transformers loads with every expert missing. Refused, naming the tensors."""
+    src = tmp_path / "mixtral-as-qwen3"
+    src.mkdir()
+    save_file({k: v.contiguous() for k, v in published.items()}, str(src / "model.safetensors"))
+    (src / "config.json").write_text(json.dumps({"model_type": "qwen3_moe"}))
+    with pytest.raises(UnconvertedTensorError, match=r"block_sparse_moe\.experts\.\d+\.w[123]\.weight") as e:
+        plan(src)
+    assert "qwen3_moe" in str(e.value) and "per-expert" in str(e.value)
+    out = tmp_path / "out"
+    with pytest.raises(UnconvertedTensorError):
+        convert(src, out)
+    assert not out.exists()
+    # the same tensors as the type they are convert
+    (src / "config.json").write_text(json.dumps({"model_type": "mixtral"}))
+    assert not any(".experts.0." in x.name for x in plan(src).tensors)
