@@ -478,7 +478,7 @@ def ended_job(store: JobStore, url: str, secret: str, settings: Settings) -> tup
     assert store.subscribe(job_id, hook)
     assert store.transition(job_id, "queued", "succeeded", finished_at=now(), result={"output": "/x/out"})
     claimed = []
-    on_end(store, job_id, lambda j, s: claimed.append(s))
+    on_end(store, job_id, lambda j, s, c: claimed.append(s), settings)
     return job_id, claimed[0]
 
 
@@ -556,7 +556,7 @@ def test_readme_documents_webhooks():
     section = readme[readme.index("### Webhooks") :]
     section = section[: section.index("\n## ")]
     settings = [f"CKPT_CONVERT_{f.upper()}" for f in Settings.model_fields if f.startswith("webhook_")]
-    assert len(settings) == 5
+    assert len(settings) == 7
     for word in [
         *settings,
         "webhook-id",
