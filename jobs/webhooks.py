@@ -17,7 +17,7 @@ Nothing is lost if a process dies at any line, or Redis or the broker are away a
 a claim (a number, the fencing token of the one task allowed to make its next attempt) and a lease (``lease_until``:
 when that attempt should have started, plus ``webhook_timeout``, plus ``webhook_lease_margin``), renewed with each
 claim, attempt and scheduled retry and indexed in ``webhooks:leases``; a job that ends indexes its ``waiting`` entries
-in the same step, due ``webhook_lease_margin`` later. Each worker :func:`sweep` s that index every
+in the same step, due ``webhook_lease_margin`` later. Each worker sweeps that index (:func:`sweep`) every
 ``webhook_sweep_interval``: an overdue entry is taken over with a new claim (one Lua script; of several sweepers exactly
 one wins) and its attempt sent again; a task holding an older claim then does nothing. Delivery is at least once: an
 attempt whose worker died after the receiver got it is made again, with the same ``webhook-id`` (``msg_<job
