@@ -230,12 +230,15 @@ def start_heartbeat(
     stop: threading.Event,
     every: float = 5.0,
     held: tuple[str, Callable[[], Iterable[str]]] | None = None,
+    chore: tuple[float, Callable[[], Any]] | None = None,
 ) -> None:
     """Record ``name`` as alive in the job store every ``every`` seconds until ``stop`` is set (GET /readyz counts
     live workers), and with ``held`` = (the broker's index of unacknowledged messages, the delivery tags this worker
-    holds), vouch for those messages (see ``jobs.queue``); a Redis outage only skips beats."""
+    holds), vouch for those messages (see ``jobs.queue``); a Redis outage only skips beats. ``chore`` = (interval,
+    fn): also call ``fn`` every interval seconds (the webhook sweep); its failures are logged."""
 
     def beat() -> None:
+        next_chore = time.monotonic()
         while not stop.is_set():
             try:
                 store().heartbeat(name)
@@ -245,6 +248,12 @@ def start_heartbeat(
             except Exception:  # noqa: BLE001 - Redis away: vouch as soon as it is back, before others restore
                 log.warning("heartbeat failed", exc_info=True)
                 wait = min(every, 0.5)
-            stop.wait(wait)
+            if chore is not None and time.monotonic() >= next_chore:
+                next_chore = time.monotonic() + chore[0]
+                try:
+                    chore[1]()
+                except Exception:  # noqa: BLE001 - Redis or the broker away: the next round tries again
+                    log.warning("heartbeat chore failed", exc_info=True)
+            stop.wait(min(wait, max(0.05, next_chore - time.monotonic())) if chore is not None else wait)
 
     threading.Thread(target=beat, name="ckpt-heartbeat", daemon=True).start()

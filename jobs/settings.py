@@ -30,6 +30,9 @@
 | ``CKPT_CONVERT_WEBHOOK_TIMEOUT`` | seconds to connect, send and read the status of one attempt (default 10) |
 | ``CKPT_CONVERT_CORS_ORIGINS`` | web origins (``https://dash.example.com``, comma-separated, exact) whose pages may call
   the API from the browser; empty = none (no CORS headers at all) |
+| ``CKPT_CONVERT_WEBHOOK_LEASE_MARGIN`` | seconds a webhook being sent may be late (its next attempt not started, or
+  not finished within the timeout) before a worker's sweep sends it again (default 30) |
+| ``CKPT_CONVERT_WEBHOOK_SWEEP_INTERVAL`` | seconds between each worker's sweeps for overdue webhooks (default 10) |
 | ``HF_TOKEN`` / ``HF_ENDPOINT`` | the workers' Hub token and endpoint |
 """
 
@@ -197,6 +200,12 @@ class Settings(BaseSettings):
     webhook_retry_max_delay: float = Field(default=320.0, ge=0)
     #: seconds to connect, send and read the status of one attempt
     webhook_timeout: float = Field(default=10.0, gt=0)
+    #: a webhook being sent holds a lease: until its next attempt should have started, plus ``webhook_timeout``, plus
+    #: this margin (seconds). A lease that runs out (its worker died, Redis or the broker were away) is taken over by
+    #: a worker's sweep, which sends the attempt again; a webhook still waiting this long after its job ended too
+    webhook_lease_margin: float = Field(default=30.0, gt=0)
+    #: how often each worker sweeps for overdue webhooks (seconds)
+    webhook_sweep_interval: float = Field(default=10.0, gt=0)
 
     @field_validator("allowed_local_roots")
     @classmethod

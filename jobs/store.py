@@ -15,6 +15,7 @@ the record. Keys (prefix ``ckc:``):
 | ``job:{id}:cancel`` | string | cancel flag, polled by the running task |
 | ``job:{id}:lock`` | string | the delivery running the job; refreshed while it runs, so it is the job's heartbeat |
 | ``job:{id}:notify`` | hash | completion webhooks' secrets, sealed, until delivered (their state: field ``notify``) |
+| ``webhooks:leases`` | zset | ``{id}\\x1f{subscriber}`` -> when a webhook not settled is overdue (swept: sent again) |
 | ``idem:{hash}`` / ``idemkey:{key}`` | string | idempotency: the job spec's key / ``Idempotency-Key`` -> job id (TTL) |
 | ``dest:{key}`` | string | the live job writing a destination (released when it ends) |
 | ``workers`` | zset | worker hostname -> last heartbeat |
@@ -53,13 +54,17 @@ PHASE_BUCKETS = (0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 INDEX_VERSION = "2"
 #: kombu's priority steps on Redis: a queue is one list per step (``{queue}``, ``{queue}\x06\x163``, ...)
 _PRIORITY_STEPS = (0, 3, 6, 9)
+#: zset of ``{job id}\x1f{subscriber}`` -> when that webhook, waiting on an ended job or sending, is overdue
+LEASES = P + "webhooks:leases"
 JSON_FIELDS = ("request", "spec", "destination", "progress", "phases", "plan", "result", "error", "notify")
 
 # A status change moves the job between the per-status indexes (and per status and model type); a terminal one gives
-# the destination back and counts the job finished (by status and model type) and, failed, by its error type. Shared
-# by the scripts that change a status. ``err``: the error type of a failure ("" otherwise).
+# the destination back, counts the job finished (by status and model type) and, failed, by its error type, and puts
+# its waiting webhooks in the lease index, due when its on_end should have claimed them (so that none waits forever
+# if the process ending the job dies first). Shared by the scripts that change a status. ``err``: the error type of
+# a failure ("" otherwise); ``due``: when the waiting webhooks are overdue.
 _REINDEX_FN = """
-local function reindex(job_key, prefix, id, cur, new, err)
+local function reindex(job_key, prefix, id, cur, new, err, due)
   local score = redis.call('HGET', job_key, 'created_at')
   local mt = redis.call('HGET', job_key, 'model_type') or ''
   redis.call('ZREM', prefix .. cur, id)
@@ -73,13 +78,19 @@ local function reindex(job_key, prefix, id, cur, new, err)
     if claim and redis.call('GET', claim) == id then redis.call('DEL', claim) end
     redis.call('HINCRBY', 'ckc:metrics:finished', new .. '|' .. mt, 1)
     if err ~= '' then redis.call('HINCRBY', 'ckc:metrics:failures', err .. '|' .. mt, 1) end
+    local raw = redis.call('HGET', job_key, 'notify')
+    if raw then
+      for sub, e in pairs(cjson.decode(raw)) do
+        if e.state == 'waiting' then redis.call('ZADD', 'ckc:webhooks:leases', due, id .. '\\31' .. sub) end
+      end
+    end
   end
 end
 """
 
 # KEYS: job hash, status zset prefix. ARGV: allowed statuses (comma-separated, "*" = any non-terminal),
-# new status, id, error type of a failure ("" = none), then field/value pairs to set with the change. Returns
-# {status before, 1 if changed else 0}.
+# new status, id, error type of a failure ("" = none), when its waiting webhooks are due, then field/value pairs to
+# set with the change. Returns {status before, 1 if changed else 0}.
 _TRANSITION = (
     _REINDEX_FN
     + """
@@ -93,8 +104,8 @@ else
 end
 if not ok then return {cur, 0} end
 redis.call('HSET', KEYS[1], 'status', ARGV[2])
-for i = 5, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-reindex(KEYS[1], KEYS[2], ARGV[3], cur, ARGV[2], ARGV[4])
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+reindex(KEYS[1], KEYS[2], ARGV[3], cur, ARGV[2], ARGV[4], ARGV[5])
 return {cur, 1}
 """
 )
@@ -170,15 +181,16 @@ return 1
 
 # A running job whose worker is gone (no lock: its heartbeat expired) is cancelled at once, since no worker will see
 # the flag; a job handed to subtasks (fanout) is left to them: their messages are delivered again.
-# KEYS: job hash, lock, status zset prefix. ARGV: id, then field/value pairs. Returns 1 if cancelled.
+# KEYS: job hash, lock, status zset prefix. ARGV: id, when its waiting webhooks are due, then field/value pairs.
+# Returns 1 if cancelled.
 _CANCEL_ABANDONED = (
     _REINDEX_FN
     + """
 if redis.call('HGET', KEYS[1], 'status') ~= 'running' then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('HGET', KEYS[1], 'fanout') then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'cancelled')
-for i = 2, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
-reindex(KEYS[1], KEYS[3], ARGV[1], 'running', 'cancelled', '')
+for i = 3, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+reindex(KEYS[1], KEYS[3], ARGV[1], 'running', 'cancelled', '', ARGV[2])
 return 1
 """
 )
@@ -215,20 +227,57 @@ redis.call('HSET', KEYS[1], 'notify', cjson.encode(subs))
 return 1
 """
 
-# One webhook's delivery state, changed only if it is in an expected state. KEYS: job hash, its webhook secrets hash.
-# ARGV: subscriber, expected state, 1 to count an attempt, fields to set (JSON). Returns the entry (JSON), or nil.
-# A settled delivery's secret is removed.
+# One webhook's delivery state, changed only if it is in an expected state (and, given one, holds the expected claim:
+# the fencing token of the task allowed to make its next attempt). KEYS: job hash, its webhook secrets hash, the lease
+# index. ARGV: subscriber, expected state, 1 to count an attempt, fields to set (JSON), expected claim ("" = any), the
+# lease's new end ("" = unchanged), 1 to take a new claim, the lease index member. Returns the entry (JSON), or nil. A
+# settled delivery's secret and lease are removed; a sending one's lease is indexed.
 _DELIVERY = """
 local raw = redis.call('HGET', KEYS[1], 'notify')
 if not raw then return false end
 local subs = cjson.decode(raw)
 local e = subs[ARGV[1]]
 if not e or e.state ~= ARGV[2] then return false end
+if ARGV[5] ~= '' and tonumber(e.claim or 0) ~= tonumber(ARGV[5]) then return false end
 if ARGV[3] == '1' then e.attempts = (tonumber(e.attempts) or 0) + 1 end
 for k, v in pairs(cjson.decode(ARGV[4])) do e[k] = v end
+if ARGV[7] == '1' then e.claim = (tonumber(e.claim) or 0) + 1 end
+if ARGV[6] ~= '' then e.lease_until = tonumber(ARGV[6]) end
+if e.state == 'delivered' or e.state == 'failed' then
+  e.lease_until = nil
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[3], ARGV[8])
+elseif e.state == 'sending' and e.lease_until then
+  redis.call('ZADD', KEYS[3], e.lease_until, ARGV[8])
+end
 redis.call('HSET', KEYS[1], 'notify', cjson.encode(subs))
-if e.state == 'delivered' or e.state == 'failed' then redis.call('HDEL', KEYS[2], ARGV[1]) end
 return cjson.encode(e)
+"""
+
+# The sweep: take over a webhook whose lease ran out (sending, its worker died or the next task was never sent) or
+# that waits on a job that ended long enough ago (its on_end never ran), with a new claim, in one step with those
+# checks, so that of several sweepers exactly one wins. KEYS: job hash, lease index. ARGV: lease index member,
+# subscriber, now, the new lease's end. Returns the new claim, or 0 (not overdue; a stale index member is fixed).
+_RECLAIM = """
+local raw = redis.call('HGET', KEYS[1], 'notify')
+local subs = raw and cjson.decode(raw) or {}
+local e = subs[ARGV[2]]
+if not e or e.state == 'delivered' or e.state == 'failed' then redis.call('ZREM', KEYS[2], ARGV[1]) return 0 end
+if e.state == 'waiting' then
+  local st = redis.call('HGET', KEYS[1], 'status')
+  if st ~= 'succeeded' and st ~= 'failed' and st ~= 'cancelled' then redis.call('ZREM', KEYS[2], ARGV[1]) return 0 end
+  local due = redis.call('ZSCORE', KEYS[2], ARGV[1])
+  if due and tonumber(due) > tonumber(ARGV[3]) then return 0 end
+elseif tonumber(e.lease_until or 0) > tonumber(ARGV[3]) then
+  redis.call('ZADD', KEYS[2], e.lease_until, ARGV[1])
+  return 0
+end
+e.state = 'sending'
+e.claim = (tonumber(e.claim) or 0) + 1
+e.lease_until = tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], 'notify', cjson.encode(subs))
+redis.call('ZADD', KEYS[2], ARGV[4], ARGV[1])
+return e.claim
 """
 
 # Keep a job's lock: refreshed if ours, taken again if it expired meanwhile (Redis was away). KEYS: lock.
@@ -402,18 +451,20 @@ class JobStore:
         *,
         idempotency_ttl: int = 24 * 3600,
         retention: int = 30 * 24 * 3600,
+        webhook_grace: float = 30.0,
         **options: Any,
     ) -> None:
         """``idempotency_ttl``: how long the same request (or Idempotency-Key) returns the same job;
-        ``retention``: how long a finished job's record is kept (swept as new jobs are created); ``options``:
-        the Redis client's (default: retried through a restart)."""
+        ``retention``: how long a finished job's record is kept (swept as new jobs are created); ``webhook_grace``:
+        how long after a job ended its waiting webhooks are overdue (:meth:`overdue_webhooks`); ``options``: the
+        Redis client's (default: retried through a restart)."""
         self.url = url_or_client if isinstance(url_or_client, str) else None
         self._quick: JobStore | None = None
         if isinstance(url_or_client, str):
             self.r = redis.Redis.from_url(url_or_client, decode_responses=True, **(options or RESILIENT))
         else:
             self.r = url_or_client
-        self.idempotency_ttl, self.retention = idempotency_ttl, retention
+        self.idempotency_ttl, self.retention, self.webhook_grace = idempotency_ttl, retention, webhook_grace
         self._transition = self.r.register_script(_TRANSITION)
         self._create = self.r.register_script(_CREATE)
         self._part_progress = self.r.register_script(_PART_PROGRESS)
@@ -422,12 +473,19 @@ class JobStore:
         self._subscribe = self.r.register_script(_SUBSCRIBE)
         self._delivery = self.r.register_script(_DELIVERY)
         self._backfill = self.r.register_script(_BACKFILL)
+        self._reclaim = self.r.register_script(_RECLAIM)
 
     def quick(self) -> JobStore:
         """The same store on a client that fails fast instead of retrying (for background writes); one per store."""
         if self._quick is None:
             self._quick = (
-                JobStore(self.url, idempotency_ttl=self.idempotency_ttl, retention=self.retention, **QUICK)
+                JobStore(
+                    self.url,
+                    idempotency_ttl=self.idempotency_ttl,
+                    retention=self.retention,
+                    webhook_grace=self.webhook_grace,
+                    **QUICK,
+                )
                 if self.url
                 else self
             )
@@ -486,8 +544,8 @@ class JobStore:
         ids = self.r.zrangebyscore(P + "jobs", "-inf", cutoff, start=0, num=limit)
         gone = 0
         for job_id in ids:
-            status, mt, finished, owner, source = self.r.hmget(
-                P + "job:" + job_id, "status", "model_type", "finished_at", "owner", "source"
+            status, mt, finished, owner, source, notify = self.r.hmget(
+                P + "job:" + job_id, "status", "model_type", "finished_at", "owner", "source", "notify"
             )
             if status is not None and (status not in TERMINAL or float(finished or now()) > cutoff):
                 continue
@@ -505,6 +563,8 @@ class JobStore:
                 pipe.zrem(P + "jobs:owner:" + owner, job_id)
             if source:
                 pipe.zrem(P + "jobs:source:" + source, job_id)
+            if notify and (subs := json.loads(notify)):
+                pipe.zrem(LEASES, *(f"{job_id}\x1f{sub}" for sub in subs))
             pipe.execute()
             gone += 1
         return gone
@@ -574,7 +634,7 @@ class JobStore:
         """Set ``status = new`` (and ``fields``) only if the current status is in ``allowed``; emit an event."""
         allowed_s = allowed if isinstance(allowed, str) else ",".join(allowed)
         error_type = ((fields.get("error") or {}).get("type") or "InternalError") if new == "failed" else ""
-        args: list[str] = [allowed_s, new, job_id, str(error_type)]
+        args: list[str] = [allowed_s, new, job_id, str(error_type), repr(now() + self.webhook_grace)]
         for k, v in fields.items():
             args += [k, _dump(v) if k in JSON_FIELDS else str(v)]
         _, changed = self._transition(keys=[P + "job:" + job_id, P + "jobs:status:"], args=args)
@@ -591,7 +651,7 @@ class JobStore:
     def cancel_abandoned(self, job_id: str, **fields: Any) -> bool:
         """Cancel a ``running`` job whose worker is gone (its lock, the job's heartbeat, expired), in one step with
         that check; a job handed to subtasks is left to them. True if it was cancelled."""
-        args: list[str] = [job_id]
+        args: list[str] = [job_id, repr(now() + self.webhook_grace)]
         for k, v in fields.items():
             args += [k, _dump(v) if k in JSON_FIELDS else str(v)]
         keys = [P + "job:" + job_id, P + f"job:{job_id}:lock", P + "jobs:status:"]
@@ -672,13 +732,38 @@ class JobStore:
         return int(self._subscribe(keys=keys, args=[hook.subscriber, hook.sealed, _dump(hook.entry)])) == 1
 
     def delivery(
-        self, job_id: str, sub: str, expected: str, *, attempt: bool = False, **fields: Any
+        self,
+        job_id: str,
+        sub: str,
+        expected: str,
+        *,
+        attempt: bool = False,
+        claim: int | None = None,
+        lease_until: float | None = None,
+        new_claim: bool = False,
+        **fields: Any,
     ) -> dict[str, Any] | None:
         """Set ``fields`` of subscriber ``sub``'s delivery (and with ``attempt``, count one) if its state is
-        ``expected``; returns the entry, or None if it was not in that state."""
-        keys = [P + "job:" + job_id, P + f"job:{job_id}:notify"]
-        out = self._delivery(keys=keys, args=[sub, expected, "1" if attempt else "0", _dump(fields)])
+        ``expected`` and, given ``claim``, its claim is that one; ``lease_until`` renews its lease (indexed while it
+        is sending, removed once settled); ``new_claim`` takes the next claim (the entry returned says which).
+        Returns the entry, or None if it was not in that state or claim."""
+        keys = [P + "job:" + job_id, P + f"job:{job_id}:notify", LEASES]
+        args = [sub, expected, "1" if attempt else "0", _dump(fields), "" if claim is None else str(claim),
+                "" if lease_until is None else repr(lease_until), "1" if new_claim else "0", f"{job_id}\x1f{sub}"]  # fmt: skip
+        out = self._delivery(keys=keys, args=args)
         return None if out is None else json.loads(out)
+
+    def overdue_webhooks(self, limit: int = 100) -> list[tuple[str, str]]:
+        """(job id, subscriber) of webhooks whose lease ran out, or that wait on a job that ended ``webhook_grace``
+        ago: the oldest first, at most ``limit``."""
+        members = self.r.zrangebyscore(LEASES, "-inf", now(), start=0, num=limit)
+        return [tuple(m.split("\x1f", 1)) for m in members if "\x1f" in m]  # type: ignore[misc]
+
+    def reclaim(self, job_id: str, sub: str, lease_until: float) -> int:
+        """Take over an overdue webhook (:meth:`overdue_webhooks`) with a new claim leased until ``lease_until``, if
+        it is still overdue: the new claim, or 0 (another sweeper won, or it was renewed or settled meanwhile)."""
+        keys, member = [P + "job:" + job_id, LEASES], f"{job_id}\x1f{sub}"
+        return int(self._reclaim(keys=keys, args=[member, sub, repr(now()), repr(lease_until)]))
 
     def webhook_secret(self, job_id: str, sub: str) -> str | None:
         """The sealed secret of subscriber ``sub`` (removed once its delivery settled)."""
@@ -842,5 +927,8 @@ class AsyncJobReader:
 def store_for(settings: Any) -> JobStore:
     """The job store of ``settings`` (a :class:`jobs.settings.Settings`): its Redis, TTL and retention."""
     return JobStore(
-        settings.redis, idempotency_ttl=settings.idempotency_ttl, retention=settings.job_retention
+        settings.redis,
+        idempotency_ttl=settings.idempotency_ttl,
+        retention=settings.job_retention,
+        webhook_grace=settings.webhook_lease_margin,
     )

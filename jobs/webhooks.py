@@ -11,7 +11,17 @@ connects to the address it vetted (DNS is not asked twice) and follows no redire
 A job's subscribers are in its record (field ``notify``: ``{subscriber: {url, state, attempts, last_status,
 last_error, delivered_at}}``, state ``waiting`` -> ``sending`` -> ``delivered`` | ``failed``); their secrets are
 sealed (:mod:`jobs.secret`) under ``job:{id}:notify`` and removed once a delivery is settled. Nothing here knows
-Celery: the caller says how to send (:func:`on_end`) and schedules the retry :func:`attempt` asks for.
+Celery: the caller says how to send (:func:`on_end`, :func:`sweep`) and schedules the retry :func:`attempt` asks for.
+
+Nothing is lost if a process dies at any line, or Redis or the broker are away at any moment. A ``sending`` entry holds
+a claim (a number, the fencing token of the one task allowed to make its next attempt) and a lease (``lease_until``:
+when that attempt should have started, plus ``webhook_timeout``, plus ``webhook_lease_margin``), renewed with each
+claim, attempt and scheduled retry and indexed in ``webhooks:leases``; a job that ends indexes its ``waiting`` entries
+in the same step, due ``webhook_lease_margin`` later. Each worker sweeps that index (:func:`sweep`) every
+``webhook_sweep_interval``: an overdue entry is taken over with a new claim (one Lua script; of several sweepers exactly
+one wins) and its attempt sent again; a task holding an older claim then does nothing. Delivery is at least once: an
+attempt whose worker died after the receiver got it is made again, with the same ``webhook-id`` (``msg_<job
+id>_<status>``, the job's final status) and the same body, so that a receiver drops the repeat.
 """
 
 from __future__ import annotations
@@ -33,7 +43,7 @@ from urllib.parse import urlsplit
 from converter.errors import ConversionError
 
 from .secret import SecretKeyError, seal, unseal
-from .settings import Settings, parse_webhook_allow
+from .settings import Settings, get_settings, parse_webhook_allow
 from .store import TERMINAL, JobStore, now
 from .view import job_from_record
 
@@ -177,25 +187,50 @@ def settled(rec: dict[str, Any]) -> bool:
 
 # --- delivering -------------------------------------------------------------------------------------------------
 
-Send = Callable[[str, str], None]
+#: ``send(job_id, subscriber, claim)``: make (or queue) the attempt of that claim
+Send = Callable[[str, str, int], None]
 
 
-def on_end(store: JobStore, job_id: str, send: Send) -> None:
+def lease(settings: Settings, delay: float = 0.0) -> float:
+    """When a webhook whose next attempt starts in ``delay`` seconds is overdue."""
+    return now() + delay + settings.webhook_timeout + settings.webhook_lease_margin
+
+
+def on_end(store: JobStore, job_id: str, send: Send, settings: Settings | None = None) -> None:
     """Job ``job_id`` ended: each subscriber still ``waiting`` is claimed (once, whoever calls this: the worker that
-    ended the job, the API that cancelled it, a redelivery) and handed to ``send(job_id, subscriber)``."""
+    ended the job, the API that cancelled it, a redelivery) and handed to ``send(job_id, subscriber, claim)``. If
+    that fails (the broker is away), the lease taken with the claim runs out and a worker's :func:`sweep` sends it."""
+    settings = settings or get_settings()
     rec = store.get(job_id)
     if rec is None or rec["status"] not in TERMINAL:
         return
     for sub in rec.get("notify") or {}:
-        if store.delivery(job_id, sub, "waiting", state="sending") is None:
+        entry = store.delivery(
+            job_id, sub, "waiting", state="sending", new_claim=True, lease_until=lease(settings)
+        )
+        if entry is None:
             continue
         try:
-            send(job_id, sub)
-        except Exception as e:  # noqa: BLE001 - the broker is down: say so on the job rather than wait forever
-            log.warning("job %s: webhook %s not queued (%s)", job_id, sub, type(e).__name__)
-            store.delivery(
-                job_id, sub, "sending", state="failed", last_error=f"not queued: {type(e).__name__}"
-            )
+            send(job_id, sub, entry["claim"])
+        except Exception as e:  # noqa: BLE001 - the broker (or Redis) is away: the sweep sends it when it is back
+            log.warning("job %s: webhook %s not sent (%s); a sweep will", job_id, sub, type(e).__name__)
+
+
+def sweep(store: JobStore, settings: Settings, send: Send, limit: int = 100) -> int:
+    """Take over the webhooks that are overdue (their lease ran out, or they wait on a job that ended
+    ``webhook_lease_margin`` ago) and ``send`` each again with its new claim. Returns how many this call took."""
+    taken = 0
+    for job_id, sub in store.overdue_webhooks(limit):
+        claim = store.reclaim(job_id, sub, lease(settings))
+        if not claim:
+            continue  # another sweeper won, or it was renewed or settled meanwhile
+        taken += 1
+        log.warning("job %s: webhook %s overdue; sent again (claim %d)", job_id, sub, claim)
+        try:
+            send(job_id, sub, claim)
+        except Exception as e:  # noqa: BLE001 - the broker is away: the lease runs out again, the next sweep sends
+            log.warning("job %s: webhook %s not sent (%s)", job_id, sub, type(e).__name__)
+    return taken
 
 
 def message(rec: dict[str, Any], secret: str, at: datetime | None = None) -> tuple[bytes, dict[str, str]]:
@@ -242,22 +277,36 @@ def post(dest: Destination, body: bytes, headers: dict[str, str], timeout: float
         return r.status_code
 
 
-def attempt(store: JobStore, job_id: str, sub: str, settings: Settings) -> float | None:
-    """One attempt to deliver job ``job_id``'s webhook to ``sub``, recorded on the job. Returns the seconds to wait
-    before the next attempt, or None: delivered, given up (attempts used, or the destination now refused), or
-    nothing to do (already settled). Never raises for the receiver's failures."""
+def attempt(
+    store: JobStore, job_id: str, sub: str, settings: Settings, claim: int | None = None
+) -> float | None:
+    """One attempt to deliver job ``job_id``'s webhook to ``sub``, recorded on the job, if ``claim`` is still its
+    claim (None: any, a task sent before claims existed). Returns the seconds to wait before the next attempt (the
+    lease now covers them: send it with the same claim), or None: delivered, given up (attempts used, or the
+    destination now refused), or nothing to do (settled, or taken over by a sweep). Never raises for the receiver's
+    failures."""
     rec = store.get(job_id)
     entry = ((rec or {}).get("notify") or {}).get(sub)
     if rec is None or entry is None or entry["state"] != "sending":
+        return None
+    if claim is not None and entry.get("claim", 0) != claim:
+        return None  # a sweep took it over after this task's lease ran out: the newer claim makes the attempt
+    mine = {"claim": claim}
+    if entry["attempts"] >= settings.webhook_attempts:  # the last one's worker died before recording it
+        store.delivery(job_id, sub, "sending", **mine, state="failed",
+                       last_error=entry.get("last_error") or "attempts used; the last one did not finish")  # fmt: skip
         return None
     try:
         secret = unseal(store.webhook_secret(job_id, sub) or "", settings.secret, what=_WHAT)
         dest = vet(entry["url"], settings.webhook_allow)  # again: DNS may have changed since the submit
     except (SecretKeyError, WebhookDestinationError) as e:
         log.warning("job %s: webhook %s given up: %s", job_id, sub, e.message)
-        store.delivery(job_id, sub, "sending", attempt=True, state="failed", last_error=e.message)
+        store.delivery(job_id, sub, "sending", **mine, attempt=True, state="failed", last_error=e.message)
         return None
-    n = (store.delivery(job_id, sub, "sending", attempt=True) or {}).get("attempts", 1)
+    started = store.delivery(job_id, sub, "sending", **mine, attempt=True, lease_until=lease(settings))
+    if started is None:
+        return None  # settled or taken over meanwhile
+    n = started["attempts"]
     body, headers = message(rec, secret)
     status: int | None = None
     try:
@@ -269,17 +318,16 @@ def attempt(store: JobStore, job_id: str, sub: str, settings: Settings) -> float
         )
     except Exception as e:  # noqa: BLE001 - connection refused, timeout, TLS: the receiver's failure, retried
         error = f"{type(e).__name__}: {e}"[:300]
-    if error is None:
+    if error is None:  # whatever the claim: the receiver has it
         store.delivery(job_id, sub, "sending", state="delivered", last_status=status, last_error=None,
                        delivered_at=now())  # fmt: skip
         log.info("job %s: webhook %s delivered (attempt %d, HTTP %s)", job_id, sub, n, status)
         return None
     last = n >= settings.webhook_attempts
-    store.delivery(job_id, sub, "sending", state="failed" if last else "sending", last_status=status,
-                   last_error=error)  # fmt: skip
+    delay = min(settings.webhook_retry_delay * 2 ** (n - 1), settings.webhook_retry_max_delay)
+    recorded = store.delivery(job_id, sub, "sending", **mine, state="failed" if last else "sending",
+                              last_status=status, last_error=error, lease_until=lease(settings, delay))  # fmt: skip
     log.warning(
         "job %s: webhook %s attempt %d failed: %s%s", job_id, sub, n, error, "; given up" if last else ""
     )
-    return (
-        None if last else min(settings.webhook_retry_delay * 2 ** (n - 1), settings.webhook_retry_max_delay)
-    )
+    return None if last or recorded is None else delay

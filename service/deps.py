@@ -55,9 +55,9 @@ class Queue:
     def revoke(self, job_id: str) -> None:
         self.app.control.revoke(job_id)
 
-    def notify(self, job_id: str, subscriber: str) -> None:
+    def notify(self, job_id: str, subscriber: str, claim: int) -> None:
         """Send a webhook's first attempt (a job the API ended; the workers send those of the jobs they end)."""
-        self.app.send_task(TASK_NOTIFY, args=[job_id, subscriber])
+        self.app.send_task(TASK_NOTIFY, args=[job_id, subscriber, claim])
 
 
 _queue = Queue()

@@ -24,11 +24,11 @@ from pathlib import Path
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 from support.helpers import MIXTRAL_CONFIG, mixtral_tensors, write_checkpoint
-from support.servers import Service, free_port, wait_until
+from support.servers import Service, Valkey, descendants, free_port, wait_until
 
 from converter.demo import MixtralShape, write_mixtral_checkpoint
 from jobs.settings import Settings
-from jobs.store import JobStore, now
+from jobs.store import LEASES, JobStore, now
 from jobs.webhooks import (
     Destination,
     WebhookDestinationError,
@@ -37,6 +37,7 @@ from jobs.webhooks import (
     on_end,
     sign,
     subscription,
+    sweep,
     vet,
 )
 
@@ -55,7 +56,8 @@ def new_secret() -> str:
 
 class Receiver(ThreadingHTTPServer):
     """An HTTP server on 127.0.0.1 recording each POST (path, headers, body); ``script[path]`` lists the statuses to
-    answer in turn (the last one then stays), 200 by default."""
+    answer in turn (the last one then stays), 200 by default; ``hang[path]``, an event, holds the next POST to that path
+    (recorded first) until it is set."""
 
     daemon_threads = True
 
@@ -63,6 +65,7 @@ class Receiver(ThreadingHTTPServer):
         self.got: list[tuple[str, dict[str, str], bytes]] = []
         self.script: dict[str, list[int]] = {}
         self.times: dict[str, list[float]] = {}  # path -> when each POST arrived (time.monotonic)
+        self.hang: dict[str, threading.Event] = {}
         self.lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), _Handler)
         threading.Thread(target=self.serve_forever, daemon=True).start()
@@ -86,6 +89,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.times.setdefault(self.path, []).append(time.monotonic())
             script = self.server.script.get(self.path, [200])
             status = script.pop(0) if len(script) > 1 else script[0]
+            gate = self.server.hang.pop(self.path, None)
+        if gate is not None:
+            gate.wait(60)
         self.send_response(status)
         if status in (301, 302, 307, 308):
             self.send_header("location", self.server.script.get("redirect-to", ["http://127.0.0.1:9/"])[0])
@@ -124,7 +130,10 @@ def svc(tmp_path_factory):
         "CKPT_CONVERT_WEBHOOK_ATTEMPTS": "4",
         "CKPT_CONVERT_WEBHOOK_RETRY_DELAY": "0.2",
         "CKPT_CONVERT_WEBHOOK_RETRY_MAX_DELAY": "0.5",
-        "CKPT_CONVERT_WEBHOOK_TIMEOUT": "5",
+        "CKPT_CONVERT_WEBHOOK_TIMEOUT": "3",
+        # a webhook whose worker died is sent again about 3 + 1 s after its attempt started, swept every 0.3 s
+        "CKPT_CONVERT_WEBHOOK_LEASE_MARGIN": "1",
+        "CKPT_CONVERT_WEBHOOK_SWEEP_INTERVAL": "0.3",
         "CKPT_CONVERT_MAX_BYTES_PER_SECOND": "20000000",
     }
     with Service(tmp_path_factory.mktemp("hooks"), **env) as s:
@@ -290,6 +299,45 @@ def test_duplicate_submissions_add_their_webhooks_to_the_one_job(svc, receiver, 
     assert [d["url"] for d in late["notify"]] == [receiver.url + "/dup-a", receiver.url + "/dup-b"]
     time.sleep(1)
     assert receiver.at("/dup-late") == []
+
+
+@pytest.mark.parametrize("kill", ["pool process", "whole worker"])
+def test_worker_killed_during_the_attempt_the_webhook_is_still_delivered(svc, receiver, small, kill):
+    """The first attempt (made inline by the task that ended the job) hangs at the receiver; the worker is SIGKILLed
+    meanwhile, so nothing records the attempt or sends the next: the sweep of a worker (the surviving main process, or
+    a new worker) takes the webhook over once its lease runs out and delivers it, with the same webhook-id."""
+    path, gate, secret = f"/killed-{kill.split()[0]}", threading.Event(), new_secret()
+    receiver.hang[path] = gate
+    job = submit(svc, small, f"killed-{kill.split()[0]}-out", receiver.url + path, secret)
+    wait_until(lambda: receiver.at(path), what="the first attempt")
+    [d] = svc.job(job["id"])["notify"]
+    assert (d["state"], d["attempts"]) == ("sending", 1)
+    if kill == "whole worker":
+        svc.restart_worker()  # SIGKILL of the worker and its pool, then a new worker
+    else:
+        pool = descendants(svc.worker.p.pid)
+        assert pool
+        for pid in pool:
+            os.kill(pid, 9)
+    killed = time.monotonic()
+    try:
+        [d] = deliveries(svc, job["id"])
+    finally:
+        gate.set()
+    print(f"\n{kill} SIGKILLed mid-attempt -> delivered {time.monotonic() - killed:.1f} s later")
+    assert (d["state"], d["attempts"], d["last_status"], d["last_error"]) == ("delivered", 2, 200, None)
+    got = receiver.at(path)
+    assert (
+        len(got) == 2
+    )  # at least once: the cut-short attempt reached the receiver, then the one that counted
+    assert [verified(secret, h, b)["data"]["id"] for h, b in got] == [job["id"]] * 2
+    assert (
+        len({h["webhook-id"] for h, _ in got}) == 1 and got[0][1] == got[1][1]
+    )  # the receiver drops the repeat
+    sub = next(iter(svc.store.get(job["id"])["notify"]))
+    assert svc.store.r.zscore(LEASES, f"{job['id']}\x1f{sub}") is None  # settled: out of the lease index
+    time.sleep(1)
+    assert len(receiver.at(path)) == 2 and svc.job(job["id"])["notify"][0]["state"] == "delivered"
 
 
 @pytest.mark.parametrize(
@@ -478,7 +526,7 @@ def ended_job(store: JobStore, url: str, secret: str, settings: Settings) -> tup
     assert store.subscribe(job_id, hook)
     assert store.transition(job_id, "queued", "succeeded", finished_at=now(), result={"output": "/x/out"})
     claimed = []
-    on_end(store, job_id, lambda j, s: claimed.append(s))
+    on_end(store, job_id, lambda j, s, c: claimed.append(s), settings)
     return job_id, claimed[0]
 
 
@@ -522,6 +570,118 @@ def test_delivery_connects_to_the_address_it_vetted_and_follows_no_redirect(net,
     )  # settled: no more
 
 
+@pytest.fixture(scope="module")
+def lone(tmp_path_factory):
+    """A job store no worker sweeps: the sweeps here are this test's only."""
+    v = Valkey(tmp_path_factory.mktemp("lone") / "valkey")
+    yield v
+    v.stop()
+
+
+def race(store_url: str, settings: Settings, sweepers: int = 8) -> list[tuple[str, str, int]]:
+    """``sweepers`` threads, each with its own connection, sweep at the same moment: what they sent."""
+    sent: list[tuple[str, str, int]] = []
+    stores = [JobStore(store_url) for _ in range(sweepers)]
+    start = threading.Barrier(sweepers)
+
+    def one(s: JobStore) -> None:
+        start.wait()
+        sweep(s, settings, lambda j, sub, c: sent.append((j, sub, c)))
+
+    threads = [threading.Thread(target=one, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return sent
+
+
+def test_an_overdue_webhook_is_taken_over_by_exactly_one_sweeper_and_an_older_claim_does_nothing(
+    net, lone, receiver
+):
+    net.loopback_ok = True
+    net.always.add(("127.0.0.1", lone.port))
+    store = JobStore(lone.url)
+    settings = Settings(secret_key="k", webhook_allow="127.0.0.1/32", webhook_timeout=0.3,
+                        webhook_lease_margin=0.3)  # fmt: skip
+    secret = new_secret()
+    job_id, _ = store.create(
+        {"model_type": "mixtral", "source": "/x", "revision": "local", "destination": {}}
+    )
+    assert store.subscribe(job_id, subscription(receiver.url + "/swept", secret, settings))
+    assert store.transition(job_id, "queued", "succeeded", finished_at=now(), result={"output": "/x/out"})
+
+    def broker_away(j: str, sub: str, claim: int) -> None:
+        raise ConnectionError("broker away")
+
+    on_end(store, job_id, broker_away, settings)  # claimed, its task never sent
+    [(sub, d)] = store.get(job_id)["notify"].items()
+    assert (d["state"], d["claim"], d["attempts"]) == ("sending", 1, 0)
+    assert store.r.zscore(LEASES, f"{job_id}\x1f{sub}") == pytest.approx(d["lease_until"])
+    assert race(lone.url, settings) == []  # not overdue yet
+    time.sleep(0.7)
+    for claim in (2, 3, 4):  # each time the lease runs out, one sweeper of eight takes it over
+        assert race(lone.url, settings) == [(job_id, sub, claim)]
+        assert store.get(job_id)["notify"][sub]["claim"] == claim
+        assert race(lone.url, settings) == []
+        time.sleep(0.7)
+    assert store.reclaim(job_id, sub, now() + 60) == 5
+    for stale in (None, 1, 4):  # the tasks of older claims do nothing (None: a task from before claims: any)
+        if stale is not None:
+            assert attempt(store, job_id, sub, settings, stale) is None
+    assert receiver.at("/swept") == [] and store.get(job_id)["notify"][sub]["attempts"] == 0
+    assert attempt(store, job_id, sub, settings, 5) is None  # the current claim delivers
+    d = store.get(job_id)["notify"][sub]
+    assert (d["state"], d["attempts"], d["last_status"]) == ("delivered", 1, 200) and "lease_until" not in d
+    [(h, b)] = receiver.at("/swept")
+    assert verified(secret, h, b)["data"]["id"] == job_id
+    assert store.r.zscore(LEASES, f"{job_id}\x1f{sub}") is None and store.webhook_secret(job_id, sub) is None
+    time.sleep(0.7)
+    assert race(lone.url, settings) == []
+
+
+def test_a_job_that_ended_without_its_on_end_has_its_webhooks_swept(net, lone, receiver):
+    """The process that ended the job died before claiming its webhooks (or Redis was away then): the ending indexed
+    them, due ``webhook_lease_margin`` later, and a sweep claims them."""
+    net.always.add(("127.0.0.1", lone.port))
+    settings = Settings(secret_key="k", webhook_allow="127.0.0.1/32", webhook_lease_margin=0.3)
+    store = JobStore(lone.url, webhook_grace=settings.webhook_lease_margin)
+    ids = []
+    for end in ("transition", "cancel_abandoned"):
+        job_id, _ = store.create(
+            {"model_type": "mixtral", "source": "/x", "revision": "local", "destination": {}}
+        )
+        assert store.subscribe(job_id, subscription(receiver.url + f"/orphan-{end}", new_secret(), settings))
+        assert store.subscribe(job_id, subscription(receiver.url + f"/orphan2-{end}", new_secret(), settings))
+        if end == "transition":
+            assert store.transition(job_id, "queued", "failed", finished_at=now())
+        else:  # running, its worker gone (no lock): cancelled by the API
+            assert store.transition(job_id, "queued", "running")
+            assert store.cancel_abandoned(job_id, finished_at=now())
+        ids.append(job_id)
+    assert race(lone.url, settings) == []  # on_end may still be on its way
+    time.sleep(0.4)
+    sent = race(lone.url, settings)
+    assert sorted((j, c) for j, _, c in sent) == sorted([(i, 1) for i in ids for _ in range(2)])
+    for job_id in ids:
+        assert [d["state"] for d in store.get(job_id)["notify"].values()] == ["sending", "sending"]
+    on_end(store, ids[0], lambda *a: pytest.fail("claimed twice"), settings)  # a late on_end finds them taken
+
+
+def test_the_retention_sweep_removes_a_deleted_jobs_leases(lone):
+    store = JobStore(lone.url, retention=3600, webhook_grace=60)
+    settings = Settings(secret_key="k", webhook_allow="127.0.0.1/32")
+    job_id, _ = store.create(
+        {"model_type": "mixtral", "source": "/x", "revision": "local", "destination": {}}
+    )
+    assert store.subscribe(job_id, subscription("http://127.0.0.1:9/gone", new_secret(), settings))
+    assert store.transition(job_id, "queued", "succeeded", finished_at=now() - 7200)
+    member = f"{job_id}\x1f{next(iter(store.get(job_id)['notify']))}"
+    assert store.r.zscore(LEASES, member) is not None
+    store.r.zadd("ckc:jobs", {job_id: now() - 7200})  # created long ago
+    assert store.sweep() >= 1 and store.get(job_id) is None and store.r.zscore(LEASES, member) is None
+
+
 # --- the secret stays secret ------------------------------------------------------------------------------------
 
 
@@ -556,7 +716,7 @@ def test_readme_documents_webhooks():
     section = readme[readme.index("### Webhooks") :]
     section = section[: section.index("\n## ")]
     settings = [f"CKPT_CONVERT_{f.upper()}" for f in Settings.model_fields if f.startswith("webhook_")]
-    assert len(settings) == 5
+    assert len(settings) == 7
     for word in [
         *settings,
         "webhook-id",

@@ -2,7 +2,8 @@
 
 A job is one ``convert`` task; a job with several output shards hands them to ``write_part`` subtasks (a chord),
 whose callback ``finish`` writes the index and makes the one commit. A job that ends has its webhooks' first attempt
-made right there (not queued behind other jobs); a failed attempt sends a ``notify`` task for the next.
+made right there (not queued behind other jobs); a failed attempt sends a ``notify`` task for the next. The
+heartbeat thread also sweeps for webhooks whose worker died (``jobs.webhooks.sweep``) and sends them again.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from jobs.running import JobBusy, Requeue, drain, drain_on_signal, start_heartbe
 from jobs.secret import TOKEN_HEADER, SecretKeyError, unseal
 from jobs.settings import get_settings
 from jobs.store import TERMINAL, JobStore, now, store_for
-from jobs.webhooks import attempt, on_end
+from jobs.webhooks import attempt, on_end, sweep
 
 from .app import app
 from .run import finish_parts, run_job, run_part
@@ -94,19 +95,20 @@ def finish(self, parts: list[dict], job_id: str) -> str:  # type: ignore[no-unty
 def _ended(job_id: str, status: str) -> str:
     """Whatever ended the job (this run, or an earlier one before its worker died), its webhooks go out once."""
     if status in TERMINAL:
-        on_end(store(), job_id, _deliver)
+        on_end(store(), job_id, _deliver, get_settings())
     return status
 
 
-def _deliver(job_id: str, subscriber: str) -> None:
-    if (delay := attempt(store(), job_id, subscriber, get_settings())) is not None:
-        notify.apply_async(args=[job_id, subscriber], countdown=delay)
+def _deliver(job_id: str, subscriber: str, claim: int | None = None) -> None:
+    if (delay := attempt(store(), job_id, subscriber, get_settings(), claim)) is not None:
+        notify.apply_async(args=[job_id, subscriber, claim], countdown=delay)
 
 
 @app.task(name=TASK_NOTIFY)
-def notify(job_id: str, subscriber: str) -> None:
-    """One attempt to deliver a job's webhook (``jobs.webhooks.attempt``); a failure sends the next, later."""
-    _deliver(job_id, subscriber)
+def notify(job_id: str, subscriber: str, claim: int | None = None) -> None:
+    """One attempt to deliver a job's webhook (``jobs.webhooks.attempt``) if ``claim`` is still its claim; a failure
+    sends the next, later."""
+    _deliver(job_id, subscriber, claim)
 
 
 # --- liveness: GET /readyz counts live workers; each worker vouches for the messages it holds (jobs.queue) --------
@@ -123,8 +125,11 @@ def _held() -> list[str]:
 @signals.worker_ready.connect
 def _start_heartbeat(sender=None, **_):  # type: ignore[no-untyped-def]
     _consumer.append(sender)
-    name, every = getattr(sender, "hostname", None) or hostname(), restore_interval(get_settings())
-    start_heartbeat(store, name, _stop, every, held=(UNACKED_INDEX, _held))
+    s = get_settings()
+    name, every = getattr(sender, "hostname", None) or hostname(), restore_interval(s)
+    resend = lambda job, sub, claim: notify.apply_async(args=[job, sub, claim])  # noqa: E731
+    chore = (s.webhook_sweep_interval, lambda: sweep(store(), s, resend))
+    start_heartbeat(store, name, _stop, every, held=(UNACKED_INDEX, _held), chore=chore)
 
 
 @signals.worker_shutting_down.connect
