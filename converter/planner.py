@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any
@@ -35,7 +35,7 @@ from .errors import (
 from .layout import Piece, VirtualTensor, from_file
 from .naming import output_name, place, route
 from .rules import get_entry, rules_for
-from .rules.core import Convert, Direction, Rename, Rule, RuleSet, keep_fp32_matches
+from .rules.core import Convert, Direction, Rename, Rule, RuleSet, keep_fp32_matches, search
 from .rules.describe import described
 from .rules.ops import OpContext, Slot
 from .rules.quantization import (
@@ -492,6 +492,9 @@ def plan(
         check_model_layout(model_side, mt, src, where="output" if forward else "input", config=config)
     if forward:
         check_nothing_left(tensors, rules)
+    warnings = list(index.warnings)
+    if forward and (hint := nothing_to_merge(tensors, index.tensors, rules)):
+        warnings.append(hint)
     if d is not None:
         output_config = config_with_dtype(output_config or config, d)
     size = parse_size(max_shard_size)
@@ -513,7 +516,7 @@ def plan(
         rules_applied=applied,
         copy_files=copy,
         skipped_files=skipped,
-        warnings=list(index.warnings),
+        warnings=warnings,
     )
 
 
@@ -562,6 +565,24 @@ def check_model_layout(
         f"This looks like {hint}",
         key=bad[0],
         file=source.description,
+    )
+
+
+def nothing_to_merge(tensors: Sequence[PlannedTensor], names: Iterable[str], rules: RuleSet) -> str | None:
+    """A warning when a type whose rules merge tensors finds neither what they merge nor what they make (llama's
+    dense weights under a config that says mixtral): the output is the input, which may be right (a variant
+    without such layers) or not (another type's checkpoint), so it is said rather than refused."""
+    if not rules.converters or any(t.rule is not None for t in tensors):
+        return None
+    names = list(names)
+    templates = [t for c in rules.converters for t in c.targets]
+    if any(search(t, n) is not None for n in names for t in templates):
+        return None  # already in the merged layout
+    c = rules.converters[0]
+    return (
+        f"none of the tensors {rules.model_type}'s rules merge (e.g. {c.sources[0]}), nor their merged form "
+        f"(e.g. {c.targets[0]}), is in this checkpoint: if it is a {rules.model_type} checkpoint it has no such "
+        "layers; if not, check --model-type and config.json"
     )
 
 

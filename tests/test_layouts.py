@@ -228,3 +228,23 @@ def test_another_moe_types_experts_are_refused(published, tmp_path):
     # the same tensors as the type they are convert
     (src / "config.json").write_text(json.dumps({"model_type": "mixtral"}))
     assert not any(".experts.0." in x.name for x in plan(src).tensors)
+
+
+def test_dense_weights_under_a_merging_type_are_said(tmp_path):
+    """llama's dense weights under a config that says mixtral: nothing to merge and nothing merged. The output is
+    the input (it may be a variant without MoE layers), so the plan says so in its warnings instead of passing in
+    silence; a real mixtral checkpoint, published or grouped, gets no such warning."""
+    src = tmp_path / "dense-as-mixtral"
+    src.mkdir()
+    tm.save_published(tm.build_model("llama"), src)
+    (src / "config.json").write_text(json.dumps({"model_type": "mixtral"}))
+    p = plan(src)
+    assert p.is_noop
+    assert any("none of the tensors mixtral's rules merge" in w for w in p.warnings), p.warnings
+    mix = tmp_path / "mixtral"
+    tm.save_published(tm.build_model("mixtral"), mix)
+    assert not any("rules merge" in w for w in plan(mix).warnings)
+    grouped = tmp_path / "grouped"
+    convert(mix, grouped)
+    g = plan(grouped)
+    assert g.is_noop and not any("rules merge" in w for w in g.warnings)
