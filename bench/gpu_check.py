@@ -27,7 +27,6 @@ import json
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -40,21 +39,12 @@ import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
 from bench.checkpoints import WRITERS  # noqa: E402
+from bench.convert_bench import run as run_child  # noqa: E402
 from converter import kernels  # noqa: E402
 from converter.checkpoint import read_local_checkpoint  # noqa: E402
 from converter.executor import _Streamer  # noqa: E402
 from converter.layout import VirtualTensor, from_file  # noqa: E402
 from converter.storage import LocalReader  # noqa: E402
-
-LAUNCHER = """
-import os, sys
-pid = os.fork()
-if pid == 0:
-    os.execvp(sys.argv[2], sys.argv[2:])
-_, status, usage = os.wait4(pid, 0)
-open(sys.argv[1], "w").write(str(usage.ru_maxrss * 1024))
-sys.exit(os.waitstatus_to_exitcode(status))
-"""
 
 
 def sync() -> None:
@@ -174,16 +164,9 @@ def check_kernels(work: Path, mb: int, has_cuda: bool) -> tuple[list[dict], bool
 
 
 def run(cmd: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS of a fresh process (forked from a small launcher)."""
-    with tempfile.NamedTemporaryFile("r") as rss:
-        t0 = time.perf_counter()
-        p = subprocess.run(
-            [sys.executable, "-S", "-c", LAUNCHER, rss.name, *cmd], capture_output=True, text=True
-        )
-        dt = time.perf_counter() - t0
-        if p.returncode != 0:
-            raise SystemExit(f"failed: {' '.join(cmd)}\n{p.stderr[-3000:]}")
-        return dt, int(rss.read())
+    """Wall seconds and peak RSS of a fresh process (``bench/convert_bench.py``'s launcher)."""
+    dt, rss, _ = run_child(cmd)
+    return dt, rss
 
 
 def tensor_hashes(folder: Path) -> dict[str, str]:
