@@ -149,32 +149,40 @@ def phases_of(rec: dict[str, Any]) -> dict[str, PhaseTiming]:
     }
 
 
-def job_from_record(rec: dict[str, Any]) -> Job:
-    """A store record -> the API's Job (timestamps to UTC datetimes, request fields flattened)."""
+def record_fields(rec: dict[str, Any]) -> dict[str, Any]:
+    """What a job and its list summary both show, from a store record (timestamps to UTC datetimes, request fields
+    flattened)."""
     req = rec.get("request") or {}
-    phases = phases_of(rec)
+    return {
+        "id": rec["id"],
+        "status": rec["status"],
+        "owner": rec.get("owner") or None,
+        "source": rec.get("source", req.get("source", "")),
+        "revision": rec.get("revision", req.get("revision", "")),
+        "source_sha": rec.get("source_sha") or None,
+        "model_type": rec.get("model_type", ""),
+        "direction": req.get("direction", "forward"),
+        "dtype": req.get("dtype"),
+        "destination": rec.get("destination") or {},
+        "created_at": ts(rec["created_at"]),
+        "started_at": ts(rec.get("started_at")),
+        "finished_at": ts(rec.get("finished_at")),
+        "attempts": rec.get("attempts", 0),
+        "progress": rec.get("progress"),
+        "error": rec.get("error"),
+    }
+
+
+def job_from_record(rec: dict[str, Any]) -> Job:
+    """A store record -> the API's Job."""
+    req = rec.get("request") or {}
     return Job(
-        id=rec["id"],
-        status=rec["status"],
-        source=rec.get("source", req.get("source", "")),
-        revision=rec.get("revision", req.get("revision", "")),
-        source_sha=rec.get("source_sha") or None,
-        model_type=rec.get("model_type", ""),
-        direction=req.get("direction", "forward"),
-        dtype=req.get("dtype"),
+        **record_fields(rec),
         dequantize=bool(req.get("dequantize", False)),
         max_shard_size=req.get("max_shard_size", "5GB"),
-        destination=rec.get("destination") or {},
-        created_at=ts(rec["created_at"]),  # type: ignore[arg-type]
-        started_at=ts(rec.get("started_at")),
-        finished_at=ts(rec.get("finished_at")),
-        attempts=rec.get("attempts", 0),
-        progress=rec.get("progress"),
-        phases=phases,
+        phases=phases_of(rec),
         plan=rec.get("plan"),
         result=rec.get("result"),
-        error=rec.get("error"),
-        owner=rec.get("owner") or None,
         notify=[
             WebhookDelivery(**{**e, "delivered_at": ts(e.get("delivered_at"))})
             for e in sorted((rec.get("notify") or {}).values(), key=lambda e: e.get("subscribed_at", 0))

@@ -23,6 +23,7 @@ from jobs.view import (  # noqa: F401 - re-exported: the API's models are all fo
     WebhookDelivery,
     job_from_record,
     phases_of,
+    record_fields,
     ts,
 )
 from jobs.webhooks import check_secret
@@ -226,7 +227,6 @@ INCLUDES = ("plan", "phases", "result")
 def summary_from_record(rec: dict[str, Any], include: frozenset[str] = frozenset()) -> JobSummary:
     """A store record (at least :data:`jobs.store.SUMMARY_FIELDS`, plus the fields of ``include``) -> a list item
     (``GET /jobs`` leaves ``plan`` and ``phases`` out of its JSON unless they are included)."""
-    req = rec.get("request") or {}
     res = rec.get("result")
     extra: dict[str, Any] = {}
     if "plan" in include:
@@ -234,22 +234,7 @@ def summary_from_record(rec: dict[str, Any], include: frozenset[str] = frozenset
     if "phases" in include:
         extra["phases"] = phases_of(rec)
     return JobSummary(
-        id=rec["id"],
-        status=rec["status"],
-        owner=rec.get("owner") or None,
-        source=rec.get("source", req.get("source", "")),
-        revision=rec.get("revision", req.get("revision", "")),
-        source_sha=rec.get("source_sha") or None,
-        model_type=rec.get("model_type", ""),
-        direction=req.get("direction", "forward"),
-        dtype=req.get("dtype"),
-        destination=rec.get("destination") or {},
-        created_at=ts(rec["created_at"]),  # type: ignore[arg-type]
-        started_at=ts(rec.get("started_at")),
-        finished_at=ts(rec.get("finished_at")),
-        attempts=rec.get("attempts", 0),
-        progress=rec.get("progress"),
-        error=rec.get("error"),
+        **record_fields(rec),
         result=None
         if res is None
         else JobResult.model_validate(res)
